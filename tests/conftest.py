@@ -25,11 +25,15 @@ requires_dali = pytest.mark.skipif(
 
 
 def solo_learn_root() -> Path | None:
-    """The solo-learn checkout holding main_pretrain.py: $SOLO_LEARN_ROOT, else a sibling
+    """The solo-learn checkout holding main_pretrain.py: $SOLO_LEARN_ROOT, else the clone that
+    an editable install (``pip install -e ./solo-learn``) imports ``solo`` from, else a sibling
     clone named solo-learn next to this repository or its parent."""
     candidates = []
     if os.environ.get("SOLO_LEARN_ROOT"):
         candidates.append(Path(os.environ["SOLO_LEARN_ROOT"]))
+    spec = importlib.util.find_spec("solo") if SOLO_AVAILABLE else None
+    if spec is not None and spec.origin:
+        candidates.append(Path(spec.origin).resolve().parents[1])
     candidates += [REPO_ROOT.parent / "solo-learn", REPO_ROOT.parent.parent / "solo-learn"]
     for path in candidates:
         if (path / "main_pretrain.py").is_file():
