@@ -69,11 +69,18 @@ def cluster_statistics(
         (K, D + 2) float32: columns ``[:D]`` the feature sums, ``[D]`` the counts and
         ``[D + 1]`` the sums of ``||x - c_a||^2``. One tensor, so one all-reduce suffices.
     """
+    rows = _statistic_rows(features, assignments, centroids)
+    stats = rows.new_zeros(centroids.shape[0], rows.shape[1])
+    return stats.index_add_(0, assignments, rows)
+
+
+def _statistic_rows(
+    features: torch.Tensor, assignments: torch.Tensor, centroids: torch.Tensor
+) -> torch.Tensor:
+    """(N, D + 2) float32 rows ``[x, 1, ||x - c_a||^2]`` that :func:`cluster_statistics` sums."""
     x = features.float()
     sq_dist = (x - centroids.float().index_select(0, assignments)).pow(2).sum(dim=1, keepdim=True)
-    rows = torch.cat([x, torch.ones_like(sq_dist), sq_dist], dim=1)
-    stats = x.new_zeros(centroids.shape[0], x.shape[1] + 2)
-    return stats.index_add_(0, assignments, rows)
+    return torch.cat([x, torch.ones_like(sq_dist), sq_dist], dim=1)
 
 
 class CentroidBank(nn.Module):
@@ -125,10 +132,18 @@ class CentroidBank(nn.Module):
         _check_positive_int("dim", dim)
         _check_momentum("centroid_momentum", centroid_momentum)
         _check_momentum("variance_momentum", variance_momentum)
-        if not isinstance(initial_variance, (int, float)) or not initial_variance > 0:
+        if (
+            not isinstance(initial_variance, (int, float))
+            or isinstance(initial_variance, bool)
+            or not 0 < initial_variance < float("inf")
+        ):
             raise ValueError(
-                f"initial_variance must be a positive number, got {initial_variance!r}"
+                f"initial_variance must be a positive finite number, got {initial_variance!r}"
             )
+        if not isinstance(normalize, bool):
+            raise ValueError(f"normalize must be True or False, got {normalize!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+            raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
         _check_positive_int("freeze_iters", freeze_iters, allow_zero=True)
         _check_positive_int("reset_interval", reset_interval, allow_zero=True)
         _check_positive_int("dead_cluster_steps", dead_cluster_steps, allow_zero=True)
@@ -152,23 +167,41 @@ class CentroidBank(nn.Module):
         self.seed_value = int(seed)
 
         # placeholder until seed(): deterministic, never used for a loss (losses_active is False)
-        placeholder = torch.randn(num_clusters, dim, generator=torch.Generator().manual_seed(seed))
+        placeholder = torch.randn(
+            num_clusters, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float32
+        )
         if normalize:
             placeholder = F.normalize(placeholder, dim=1)
         self.register_buffer("centroids", placeholder)
-        self.register_buffer("variances", torch.full((num_clusters,), self.initial_variance))
+        self.register_buffer(
+            "variances", torch.full((num_clusters,), self.initial_variance, dtype=torch.float32)
+        )
         # EMA (momentum beta1) of the fraction of each global batch assigned to each cluster
-        self.register_buffer("usage", torch.full((num_clusters,), 1.0 / num_clusters))
+        self.register_buffer(
+            "usage", torch.full((num_clusters,), 1.0 / num_clusters, dtype=torch.float32)
+        )
         # members since the last seeding, and the update index at which each last had one
         self.register_buffer("counts", torch.zeros(num_clusters, dtype=torch.long))
         self.register_buffer("last_active", torch.zeros(num_clusters, dtype=torch.long))
-        # statistics accumulated since the last step() (micro-batches); empty at step boundaries
-        self.register_buffer("_pending", torch.zeros(num_clusters, dim + 2), persistent=False)
+        # (K, D + 2) statistics accumulated since the last step() (micro-batches), None at step
+        # boundaries. A plain attribute, not a buffer: each rank holds its own until step()
+        # all-reduces them (DDP's per-forward buffer broadcast would overwrite them otherwise).
+        self._pending: torch.Tensor | None = None
 
         # schedule counters: host-side ints (no sync to read them), saved via extra state
         self.num_updates = 0
         self.last_seed_update = 0
         self.num_seeds = 0
+
+    def _apply(self, fn: Any, recurse: bool = True) -> CentroidBank:
+        """Moves with the model (``.to(device)``) but keeps its state in float32 under
+        ``.half()`` / ``.to(torch.bfloat16)`` / true half-precision training: a 1 % momentum
+        step would vanish in fp16/bf16 rounding."""
+        super()._apply(fn, recurse)
+        for name, buf in self._buffers.items():
+            if buf is not None and buf.is_floating_point() and buf.dtype != torch.float32:
+                self._buffers[name] = buf.float()
+        return self
 
     # ------------------------------------------------------------------ schedule
     @property
@@ -209,6 +242,10 @@ class CentroidBank(nn.Module):
             raise ValueError(
                 f"features must have shape (B, {self.dim}), got {tuple(features.shape)}"
             )
+        if not features.is_floating_point():
+            raise ValueError(
+                f"features must be a floating-point tensor, got dtype {features.dtype}"
+            )
 
     @torch.no_grad()
     def assign(self, features: torch.Tensor) -> torch.Tensor:
@@ -217,7 +254,12 @@ class CentroidBank(nn.Module):
         return nearest_centroid(features, self.centroids)
 
     @torch.no_grad()
-    def update(self, features: torch.Tensor, assignments: torch.Tensor) -> torch.Tensor:
+    def update(
+        self,
+        features: torch.Tensor,
+        assignments: torch.Tensor,
+        check_range: bool | None = None,
+    ) -> torch.Tensor:
         """Momentum update of centroids, variances and usage from one (local) batch:
         :meth:`accumulate` then :meth:`step`.
 
@@ -229,18 +271,31 @@ class CentroidBank(nn.Module):
         Args:
             features: (B, D) key features.
             assignments: (B,) int64, from :meth:`assign`.
+            check_range: as in :meth:`accumulate`.
 
         Returns:
             (K,) float32 member counts of this global batch (for logging).
         """
-        self.accumulate(features, assignments)
+        self.accumulate(features, assignments, check_range)
         return self.step()
 
     @torch.no_grad()
-    def accumulate(self, features: torch.Tensor, assignments: torch.Tensor) -> None:
+    def accumulate(
+        self,
+        features: torch.Tensor,
+        assignments: torch.Tensor,
+        check_range: bool | None = None,
+    ) -> None:
         """Adds one (local) batch's per-cluster statistics to the pending sums, without moving
         the bank; :meth:`step` applies them. With gradient accumulation, call this on every
-        micro-batch and :meth:`step` once per optimiser step, so no key is lost."""
+        micro-batch and :meth:`step` once per optimiser step, so no key is lost.
+
+        Args:
+            features: (B, D) key features.
+            assignments: (B,) int64 in [0, K).
+            check_range: check ``0 <= assignments < K``, which reads tensor values (a host
+                sync on an accelerator). ``None``: only for CPU tensors.
+        """
         if not self.seeded:
             raise RuntimeError("CentroidBank.update() called before seed(): seed the bank first")
         self._check_features(features)
@@ -249,8 +304,21 @@ class CentroidBank(nn.Module):
                 f"assignments must be int64 with shape ({features.shape[0]},), got "
                 f"{assignments.dtype} {tuple(assignments.shape)}"
             )
+        if check_range is None:
+            check_range = assignments.device.type == "cpu"
+        if check_range and assignments.numel() > 0:
+            lo, hi = int(assignments.min()), int(assignments.max())
+            if lo < 0 or hi >= self.num_clusters:
+                raise ValueError(
+                    f"assignments contain {lo if lo < 0 else hi}, outside the allowed range "
+                    f"[0, {self.num_clusters - 1}] for num_clusters={self.num_clusters}"
+                )
         with torch.autocast(device_type=features.device.type, enabled=False):
-            self._pending.add_(cluster_statistics(features, assignments, self.centroids))
+            if self._pending is None or self._pending.device != self.centroids.device:
+                self._pending = cluster_statistics(features, assignments, self.centroids)
+            else:
+                rows = _statistic_rows(features, assignments, self.centroids)
+                self._pending.index_add_(0, assignments, rows)
 
     @torch.no_grad()
     def step(self) -> torch.Tensor:
@@ -262,8 +330,9 @@ class CentroidBank(nn.Module):
         """
         if not self.seeded:
             raise RuntimeError("CentroidBank.step() called before seed(): seed the bank first")
-        stats = self._pending.clone()
-        self._pending.zero_()
+        stats, self._pending = self._pending, None
+        if stats is None or stats.device != self.centroids.device:  # nothing accumulated
+            stats = self.centroids.new_zeros(self.num_clusters, self.dim + 2)
         if _dist_ready():
             dist.all_reduce(stats)
         sums, counts, sq_sums = stats[:, :-2], stats[:, -2], stats[:, -1]
@@ -276,44 +345,46 @@ class CentroidBank(nn.Module):
     def _apply_statistics(
         self, sums: torch.Tensor, counts: torch.Tensor, sq_sums: torch.Tensor
     ) -> None:
+        # few, fused kernels: lerp(a, b, w) = a + w (b - a) is the momentum update
         has = counts > 0
         denom = counts.clamp_min(1.0)
         b1, b2 = self.centroid_momentum, self.variance_momentum
-        moved = b1 * self.centroids + (1.0 - b1) * (sums / denom.unsqueeze(1))
+        moved = torch.lerp(self.centroids, sums / denom.unsqueeze(1), 1.0 - b1)
         if self.normalize:
             moved = F.normalize(moved, dim=1)
         self.centroids.copy_(torch.where(has.unsqueeze(1), moved, self.centroids))
-        new_var = b2 * self.variances + (1.0 - b2) * (sq_sums / denom)
-        self.variances.copy_(torch.where(has, new_var, self.variances))
-        total = counts.sum().clamp_min(1.0)
-        self.usage.mul_(b1).add_(counts / total, alpha=1.0 - b1)
+        # empty clusters: lerp(v, v, w) = v exactly
+        self.variances.lerp_(torch.where(has, sq_sums / denom, self.variances), 1.0 - b2)
+        self.usage.lerp_(counts / counts.sum().clamp_min(1.0), 1.0 - b1)
         self.counts.add_(counts.long())
-        self.last_active.copy_(torch.where(has, self.num_updates, self.last_active))
+        self.last_active.masked_fill_(has, self.num_updates)
 
     def _revive_dead_clusters(self, counts: torch.Tensor) -> None:
         """Replaces each dead centroid by a perturbed copy of a populous one, vectorised.
 
-        Donors are the clusters with the most members this step, in order; the perturbation is
+        Donors are the live clusters with the most members this step, in order (cycling when
+        more clusters are dead than alive); the perturbation is
         Gaussian with a total variance equal to the donor's variance, drawn from a generator
         keyed by (seed, update index), so every rank draws the same and resumes are exact.
         """
-        k = self.num_clusters
-        dead = (self.num_updates - self.last_active) >= self.dead_cluster_steps
+        live = counts > 0
+        # no live cluster this step (an empty global batch): nobody to split, revive nothing
+        dead = ((self.num_updates - self.last_active) >= self.dead_cluster_steps) & live.any()
         order = torch.argsort(counts, descending=True, stable=True)
-        rank_among_dead = (torch.cumsum(dead.long(), dim=0) - 1).clamp_min(0) % k
-        donor = order.index_select(0, rank_among_dead)
+        # the i-th dead cluster splits the (i mod L)-th most populous of the L live clusters
+        rank_among_dead = (torch.cumsum(dead.long(), dim=0) - 1).clamp_min(0)
+        donor = order.index_select(0, rank_among_dead % live.sum().clamp_min(1))
         gen = torch.Generator(device=self.centroids.device)
         gen.manual_seed(self.seed_value * 1_000_003 + 7919 * self.num_updates + 1)
         noise = torch.randn(self.centroids.shape, generator=gen, device=self.centroids.device)
         donor_var = self.variances.index_select(0, donor)
-        revived = self.centroids.index_select(0, donor) + noise * (
-            donor_var / self.dim
-        ).sqrt().unsqueeze(1)
+        std = donor_var.div(self.dim).sqrt_().unsqueeze(1)
+        revived = torch.addcmul(self.centroids.index_select(0, donor), noise, std)
         if self.normalize:
             revived = F.normalize(revived, dim=1)
         self.centroids.copy_(torch.where(dead.unsqueeze(1), revived, self.centroids))
         self.variances.copy_(torch.where(dead, donor_var, self.variances))
-        self.last_active.copy_(torch.where(dead, self.num_updates, self.last_active))
+        self.last_active.masked_fill_(dead, self.num_updates)
 
     # ------------------------------------------------------------------ seeding
     @torch.no_grad()
@@ -357,7 +428,7 @@ class CentroidBank(nn.Module):
         self.centroids.copy_(centroids)
         self.variances.copy_(variances)
         self.usage.fill_(1.0 / self.num_clusters)
-        self._pending.zero_()
+        self._pending = None
         self.counts.zero_()
         self.last_active.fill_(self.num_updates)
         self.last_seed_update = self.num_updates
@@ -375,6 +446,10 @@ class CentroidBank(nn.Module):
 def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """k-means++ seeding (Arthur and Vassilvitskii, 2007) on the device of ``x``.
 
+    Each draw samples a row with probability proportional to its squared distance to the
+    nearest centroid chosen so far (inverse-CDF sampling from one uniform number per draw, all
+    on device: no host-device synchronisation).
+
     Args:
         x: (N, D) float32 points.
         k: number of centroids.
@@ -385,18 +460,25 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> tor
         distances zero), the next is drawn uniformly, so N < K still works.
     """
     n = x.shape[0]
-    first = torch.randint(n, (1,), generator=generator, device=x.device)
+    x_sq = x.pow(2).sum(dim=1)
     chosen = x.new_empty(k, x.shape[1])
-    chosen[0] = x.index_select(0, first)[0]
-    min_sq = (x - chosen[0]).pow(2).sum(dim=1)
-    uniform = torch.full_like(min_sq, 1.0 / n)
-    for j in range(1, k):
-        total = min_sq.sum()
-        # all-zero distances: fall back to uniform sampling, decided on device (no sync)
-        probs = torch.where(total > 0, min_sq / total.clamp_min(1e-30), uniform)
-        idx = torch.multinomial(probs, 1, generator=generator)
+    min_sq = torch.full_like(x_sq, float("inf"))
+    idx = torch.randint(n, (1,), generator=generator, device=x.device)
+    for j in range(k):
+        if j > 0:
+            cdf = torch.cumsum(min_sq.double(), dim=0)
+            total = cdf[-1:]
+            u = torch.rand(1, generator=generator, device=x.device, dtype=torch.float64)
+            by_distance = torch.searchsorted(cdf, u * total, right=True).clamp_max_(n - 1)
+            # all distances zero: draw uniformly instead, decided on device (no sync)
+            uniform = (u * n).long().clamp_max_(n - 1)
+            idx = torch.where(total > 0, by_distance, uniform)
         chosen[j] = x.index_select(0, idx)[0]
-        min_sq = torch.minimum(min_sq, (x - chosen[j]).pow(2).sum(dim=1))
+        if j < k - 1:
+            # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2: one mat-vec, no (N, D) temporary
+            c = chosen[j]
+            sq = (x_sq - 2.0 * (x @ c) + c.pow(2).sum()).clamp_min_(0.0)
+            min_sq = torch.minimum(min_sq, sq.index_fill_(0, idx, 0.0))
     return chosen
 
 
@@ -410,8 +492,10 @@ def lloyd_step(x: torch.Tensor, centroids: torch.Tensor, normalize: bool) -> tor
         (K, D) new centroids (unit-norm if ``normalize``).
     """
     assignments = nearest_centroid(x, centroids)
-    stats = cluster_statistics(x, assignments, centroids)
-    sums, counts = stats[:, :-2], stats[:, -2]
+    k = centroids.shape[0]
+    sums = x.new_zeros(k, x.shape[1]).index_add_(0, assignments, x)
+    # index_add_, not bincount: bincount reads max() on the host (a sync on an accelerator)
+    counts = x.new_zeros(k).index_add_(0, assignments, x.new_ones(x.shape[0]))
     means = sums / counts.clamp_min(1.0).unsqueeze(1)
     if normalize:
         means = F.normalize(means, dim=1)

@@ -11,6 +11,7 @@ Shapes: ``query`` (B, D), ``centroids`` (K, D), ``variances`` (K,), ``assignment
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -18,6 +19,12 @@ import torch.nn.functional as F
 
 VarianceScaling = Literal["divide", "multiply", "none"]
 VARIANCE_SCALINGS: tuple[str, ...] = ("divide", "multiply", "none")
+
+
+def _check_positive_number(name: str, value: object) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (ok and 0 < value < math.inf):  # type: ignore[operator]
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
 
 def _check_inputs(
@@ -35,8 +42,12 @@ def _check_inputs(
         raise ValueError(f"query must be 2-D (B, D), got shape {tuple(query.shape)}")
     if not query.is_floating_point():
         raise ValueError(f"query must be a floating-point tensor, got dtype {query.dtype}")
+    if query.shape[0] < 1:
+        raise ValueError("query must hold at least one sample (B >= 1), got B=0")
     if centroids.dim() != 2:
         raise ValueError(f"centroids must be 2-D (K, D), got shape {tuple(centroids.shape)}")
+    if not centroids.is_floating_point():
+        raise ValueError(f"centroids must be a floating-point tensor, got dtype {centroids.dtype}")
     if centroids.shape[1] != query.shape[1]:
         raise ValueError(
             f"centroids have dimension {centroids.shape[1]} but query has {query.shape[1]}; "
@@ -84,8 +95,7 @@ def centroid_contrast_loss(
     Returns:
         Scalar float32 loss.
     """
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    _check_positive_number("temperature", temperature)
     _check_inputs(query, centroids, assignments, check_range)
     with torch.autocast(device_type=query.device.type, enabled=False):
         logits = query.float() @ centroids.detach().float().T
@@ -122,14 +132,15 @@ def variance_scaled_distance_loss(
     """
     if scaling not in VARIANCE_SCALINGS:
         raise ValueError(f"scaling must be one of {VARIANCE_SCALINGS}, got {scaling!r}")
-    if not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    _check_positive_number("eps", eps)
     _check_inputs(query, centroids, assignments, check_range)
     if variances.shape != (centroids.shape[0],):
         raise ValueError(
             f"variances must have shape (K,) = ({centroids.shape[0]},), "
             f"got {tuple(variances.shape)}"
         )
+    if not variances.is_floating_point():
+        raise ValueError(f"variances must be a floating-point tensor, got dtype {variances.dtype}")
     with torch.autocast(device_type=query.device.type, enabled=False):
         target = centroids.detach().float().index_select(0, assignments)
         sq_dist = (query.float() - target).pow(2).sum(dim=1)
