@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.metadata
 import json
 import os
 import platform
@@ -115,12 +116,33 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         info["cudnn"] = torch.backends.cudnn.version()
         info["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
     try:
-        import solo
-
-        info["solo_learn"] = getattr(solo, "__version__", "unknown")
-    except ImportError:
+        info["solo_learn"] = importlib.metadata.version("solo-learn")
+    except importlib.metadata.PackageNotFoundError:
         info["solo_learn"] = None
+    if hasattr(os, "getloadavg"):
+        info["load_average_1_5_15min"] = {"before": [round(v, 2) for v in os.getloadavg()]}
+    if device.type == "cpu":
+        info["small_op_latency_us"] = small_op_latency()
     return info
+
+
+def small_op_latency() -> dict[str, float]:
+    """Median microseconds of one (512, 256) float32 add at the current and at one thread: on
+    a CPU shared with busy processes the multi-threaded figure shows the OpenMP wake-up cost
+    every parallelised op pays."""
+    x, y = torch.randn(512, 256), torch.randn(512, 256)
+    threads = torch.get_num_threads()
+    out = {}
+    for n in sorted({threads, 1}, reverse=True):
+        torch.set_num_threads(n)
+        times = []
+        for _ in range(50):
+            start = time.perf_counter()
+            torch.add(x, y)
+            times.append(time.perf_counter() - start)
+        out[f"{n}_threads"] = round(statistics.median(times) * 1e6, 1)
+    torch.set_num_threads(threads)
+    return out
 
 
 def device_tag(device: torch.device, info: dict[str, Any]) -> str:
@@ -244,7 +266,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("--device cuda asked for, but torch.cuda.is_available() is False")
     if args.threads:
         torch.set_num_threads(args.threads)
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     repeats = args.repeats or (200 if device.type == "cuda" else 20)
     warmup = args.warmup or (20 if device.type == "cuda" else 3)
     info = machine_info(device)
@@ -315,10 +336,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
 
-    info["load_average_1_5_15min"] = {
-        "before": load_before,
-        "after": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
+    if hasattr(os, "getloadavg"):
+        info["load_average_1_5_15min"]["after"] = [round(v, 2) for v in os.getloadavg()]
     return {
         "benchmark": "bank_overhead",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -354,14 +373,21 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Measured {result['date']} with `{s['command']}`.",
         "",
-        f"- Machine: {m['cpu_model']}, {m['cpu_cores']} cores ({m['torch_threads']} torch threads)"
+        f"- Machine: {m['cpu_model']}, {m['cpu_cores']} cores, {m['torch_threads']} torch "
+        f"thread(s)"
         + (
             f"; GPU {m['gpu']} ({m.get('gpu_memory_gib')} GiB), CUDA {m.get('cuda')}"
             if m["gpu"]
             else ""
         ),
         f"- Load average (1, 5, 15 min) before / after: "
-        f"{m['load_average_1_5_15min']['before']} / {m['load_average_1_5_15min']['after']}",
+        f"{m.get('load_average_1_5_15min', {}).get('before')} / "
+        f"{m.get('load_average_1_5_15min', {}).get('after')}"
+        + (
+            f"; median time of one (512, 256) add, µs: {m['small_op_latency_us']}"
+            if "small_op_latency_us" in m
+            else ""
+        ),
         f"- Versions: Python {m['python']}, torch {m['torch']}, solo-learn {m['solo_learn']}",
         f"- Settings: B = {s['batch_per_view']} per view, D = {s['dim']}, queue {s['queue']}, "
         f"{s['repeats']} interleaved repeats after {s['warmup']} warm-up steps",

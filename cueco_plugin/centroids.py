@@ -94,6 +94,9 @@ class CentroidBank(nn.Module):
         variance_momentum: beta2 in ``var_j <- beta2 var_j + (1 - beta2) mean_j ||k - c_j||^2``
             (distances to the centroid the keys were assigned against, before its update).
         initial_variance: variance of every cluster before the first seeding, > 0.
+        min_variance: floor of every running variance (>= 0). Keeps L3's ``"divide"`` scaling
+            from exploding on a cluster that happens to be very tight; at seeding a cluster
+            with fewer than two members gets the overall variance.
         freeze_iters: number of updates after each (re-)seeding during which
             :attr:`losses_active` is False while the bank settles. 0 disables.
         reset_interval: re-seed every this many updates (:attr:`needs_seed` turns True).
@@ -120,6 +123,7 @@ class CentroidBank(nn.Module):
         centroid_momentum: float = 0.99,
         variance_momentum: float = 0.99,
         initial_variance: float = 1.0,
+        min_variance: float = 1e-3,
         freeze_iters: int = 313,
         reset_interval: int = 1000,
         dead_cluster_steps: int = 100,
@@ -157,8 +161,15 @@ class CentroidBank(nn.Module):
         self.num_clusters = num_clusters
         self.dim = dim
         self.centroid_momentum = float(centroid_momentum)
+        if (
+            not isinstance(min_variance, (int, float))
+            or isinstance(min_variance, bool)
+            or not 0 <= min_variance < float("inf")
+        ):
+            raise ValueError(f"min_variance must be a finite number >= 0, got {min_variance!r}")
         self.variance_momentum = float(variance_momentum)
         self.initial_variance = float(initial_variance)
+        self.min_variance = float(min_variance)
         self.freeze_iters = freeze_iters
         self.reset_interval = reset_interval
         self.dead_cluster_steps = dead_cluster_steps
@@ -355,6 +366,7 @@ class CentroidBank(nn.Module):
         self.centroids.copy_(torch.where(has.unsqueeze(1), moved, self.centroids))
         # empty clusters: lerp(v, v, w) = v exactly
         self.variances.lerp_(torch.where(has, sq_sums / denom, self.variances), 1.0 - b2)
+        self.variances.clamp_min_(self.min_variance)
         self.usage.lerp_(counts / counts.sum().clamp_min(1.0), 1.0 - b1)
         self.counts.add_(counts.long())
         self.last_active.masked_fill_(has, self.num_updates)
@@ -419,8 +431,10 @@ class CentroidBank(nn.Module):
             stats = cluster_statistics(x, assignments, centroids)
             counts, sq_sums = stats[:, -2], stats[:, -1]
             overall = sq_sums.sum() / counts.sum().clamp_min(1.0)
-            variances = torch.where(counts > 0, sq_sums / counts.clamp_min(1.0), overall)
-            variances = variances.clamp_min(1e-8)
+            # a cluster seeded with fewer than 2 members has no spread of its own (a lone point
+            # has variance 0, which would make L3's "divide" explode): it gets the overall one
+            variances = torch.where(counts >= 2, sq_sums / counts.clamp_min(1.0), overall)
+            variances = variances.clamp_min(max(self.min_variance, 1e-8))
             if _dist_ready():
                 packed = torch.cat([centroids, variances.unsqueeze(1)], dim=1).contiguous()
                 dist.broadcast(packed, src=0)

@@ -111,6 +111,8 @@ class CueCo(BaseMomentumMethod):
                 variance_scaling (str): L3's scaling of the squared distance by the cluster
                     variance: "divide" | "multiply" | "none". Default "divide".
                 variance_eps (float): added to the variance in "divide", > 0. Default 1e-4.
+                min_variance (float): floor of the bank's running variances, >= 0; a cluster
+                    seeded with < 2 members gets the overall variance. Default 1e-3.
                 assignment_source (str): "key" (the target of q1 is the cluster of k2 and
                     vice versa) or "query" (each query's own nearest centroid). Default "key".
                 freeze_iters (int): optimiser steps after each (re-)seeding with the cluster
@@ -152,6 +154,7 @@ class CueCo(BaseMomentumMethod):
             dim=proj_output_dim,
             centroid_momentum=mk.centroid_momentum,
             variance_momentum=mk.variance_momentum,
+            min_variance=mk.min_variance,
             freeze_iters=mk.freeze_iters,
             reset_interval=mk.reset_interval,
             dead_cluster_steps=mk.dead_cluster_steps,

@@ -32,6 +32,7 @@ CUECO_DEFAULTS: dict[str, Any] = {
     "variance_momentum": 0.99,
     "variance_scaling": "divide",
     "variance_eps": 1e-4,
+    "min_variance": 1e-3,
     "assignment_source": "key",
     "freeze_iters": 313,
     "reset_interval": 1000,
@@ -42,7 +43,8 @@ CUECO_DEFAULTS: dict[str, Any] = {
 _POSITIVE_INTS = ("proj_hidden_dim", "proj_output_dim", "queue_size")
 _NON_NEGATIVE_INTS = ("freeze_iters", "reset_interval", "dead_cluster_steps", "lloyd_iters")
 _POSITIVE_NUMBERS = ("temperature", "centroid_temperature", "variance_eps")
-_NON_NEGATIVE_NUMBERS = ("lambda_nce", "lambda_centroid", "lambda_variance")
+_LAMBDAS = ("lambda_nce", "lambda_centroid", "lambda_variance")
+_NON_NEGATIVE_NUMBERS = (*_LAMBDAS, "min_variance")
 _MOMENTA = ("centroid_momentum", "variance_momentum")
 
 
@@ -145,7 +147,7 @@ def add_and_validate_method_kwargs(cfg: DictConfig) -> DictConfig:
     for key in _NON_NEGATIVE_NUMBERS:
         if not _is_number(mk[key]) or mk[key] < 0:
             _fail(key, mk[key], "a finite number >= 0")
-    if sum(float(mk[key]) for key in _NON_NEGATIVE_NUMBERS) == 0.0:
+    if sum(float(mk[key]) for key in _LAMBDAS) == 0.0:
         raise ValueError(
             "method_kwargs.lambda_nce, lambda_centroid and lambda_variance must not all be 0 "
             "(got 0, 0, 0): at least one loss must be on"

@@ -519,3 +519,31 @@ def test_bank_rejects_bad_assignments() -> None:
         ):
             bank.update(x, a)
     assert bank.num_updates == 0  # nothing was applied
+
+
+def test_a_cluster_seeded_with_one_member_gets_the_overall_variance_not_zero() -> None:
+    # two tight pairs and one lone point: the lone point's cluster has no spread of its own
+    x = torch.tensor([[1.0, 0.0], [0.995, 0.0998], [0.0, 1.0], [0.0998, 0.995], [-1.0, 0.0]])
+    bank = CentroidBank(3, 2, lloyd_iters=5, min_variance=0.0)
+    bank.seed(x)
+    lone = int(bank.assign(F.normalize(x[4:], dim=1))[0])
+    others = [j for j in range(3) if j != lone]
+    assert bank.counts.sum() == 0  # seeding resets usage counters
+    assert bank.variances[lone] > 1e-6
+    # the lone cluster's variance is the mean squared distance over all five points
+    overall = bank.variances[others].sum() * 2 / 5
+    torch.testing.assert_close(bank.variances[lone], overall)
+
+
+def test_running_variances_never_fall_below_min_variance() -> None:
+    bank = make_bank(min_variance=0.05, variance_momentum=0.0)
+    set_bank(bank, [[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], [1.0, 1.0, 1.0])
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])  # exactly on the centroids
+    bank.update(x, bank.assign(x))
+    torch.testing.assert_close(bank.variances, torch.full((3,), 0.05))
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("inf"), "0.1", True])
+def test_bad_min_variance_is_rejected_with_its_value(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"min_variance must be a finite number >= 0.*got"):
+        CentroidBank(3, 2, min_variance=bad)  # type: ignore[arg-type]
