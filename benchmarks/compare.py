@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import gc
 import json
 import os
 import statistics
@@ -50,7 +51,7 @@ profiles:
              (936 steps) per run, batch 256, bf16-mixed, channels_last, 14 workers.
   gpu-full   solo-learn's CIFAR recipe length (1000 epochs, all 50,000 images) for users with
              their own GPU; checkpoints every epoch (hours per run).
-Any option below overrides the profile's value; the values used are written to metadata.json.
+Any option above overrides the profile's value; the values used are written to metadata.json.
 
 examples:
   python benchmarks/compare.py --profile cpu-smoke
@@ -506,11 +507,19 @@ def train_and_evaluate(
         except (TypeError, ValueError):
             pass
     truncated = stopper.stopped_at_step is not None
+    if trainer.interrupted:
+        status = "interrupted"
+    elif truncated:
+        status = "truncated (deadline)"
+    elif trainer.global_step < settings.epochs * steps_per_epoch:
+        status = f"incomplete ({trainer.global_step} of {settings.epochs * steps_per_epoch} steps)"
+    else:
+        status = "ok"
     record = {
         "label": run.label,
         "method": run.method,
         "method_kwargs_override": run.method_kwargs,
-        "status": "truncated (deadline)" if truncated else "ok",
+        "status": status,
         "epochs_done": round(trainer.global_step / steps_per_epoch, 2),
         "steps": trainer.global_step,
         "batch_size": settings.batch_size,
@@ -521,6 +530,7 @@ def train_and_evaluate(
         "timed_steps": len(timer.intervals),
         "peak_mem_mib": peak_mib,
         "peak_mem_kind": peak_kind,
+        "rss_at_train_start_mib": timer.rss_at_start / 2**20,
         "knn_top1": knn,
         "linear_probe_top1": probe,
         "clustering": clustering,
@@ -530,7 +540,7 @@ def train_and_evaluate(
         "final_logged_metrics": logged,
         "resumed_from_checkpoint": ckpt_path is not None,
     }
-    if not keep_checkpoints and ckpt_dir.is_dir() and not truncated:
+    if not keep_checkpoints and ckpt_dir.is_dir() and status == "ok":
         for f in ckpt_dir.glob("*.ckpt"):
             f.unlink()
     return record
@@ -613,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
             expected = statistics.median(durations)
             if time.monotonic() + expected > deadline:
                 print(f"[compare] {run.name}: skipped, would pass the deadline", flush=True)
+                failed = True
                 records[run.name] = {
                     "label": run.label,
                     "method": run.method,
@@ -652,8 +663,11 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
+        gc.collect()  # Lightning's trainer <-> module cycle: free the last model now
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         rec["fingerprint"] = fp
-        failed = failed or rec["status"].startswith("failed")
+        failed = failed or rec["status"] != "ok"
         (run_dir / "result.json").write_text(json.dumps(rec, indent=2, default=str))
         records[run.name] = rec
         write_all(out_dir, meta, records)
@@ -662,11 +676,13 @@ def main(argv: list[str] | None = None) -> int:
             f"linear {rec.get('linear_probe_top1')}, img/s {rec.get('throughput_img_s')}",
             flush=True,
         )
+        if rec["status"] == "interrupted":  # Ctrl-C / SIGINT: keep what exists, start nothing new
+            break
     meta["total_seconds"] = time.monotonic() - started
     meta["load_average_end"] = load_average()
     write_all(out_dir, meta, records)
     print(f"[compare] wrote {out_dir}/results.md, results.csv, metadata.json, plots", flush=True)
-    return 1 if failed else 0
+    return 1 if failed else 0  # 0: every requested run has complete results
 
 
 if __name__ == "__main__":

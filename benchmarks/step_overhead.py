@@ -143,7 +143,7 @@ def time_cluster_ops(model: Any, batch_size: int, device: Any, repeats: int = 20
 
     from cueco_plugin.losses import centroid_contrast_loss, variance_scaled_distance_loss
 
-    bank = model.bank
+    bank = model.bank.to(device)  # Lightning moves the model back to the CPU after fit()
     d = bank.dim
     gen = torch.Generator(device="cpu").manual_seed(0)
     keys = F.normalize(torch.randn(2 * batch_size, d, generator=gen), dim=1).to(device)
@@ -178,7 +178,7 @@ def time_seed(model: Any, device: Any, repeats: int = 2) -> dict:
     import torch
     import torch.nn.functional as F
 
-    bank = model.bank
+    bank = model.bank.to(device)
     n = 2 * model.key_queue.size
     feats = F.normalize(torch.randn(n, bank.dim, generator=torch.Generator().manual_seed(1)), dim=1)
     feats = feats.to(device)

@@ -103,7 +103,8 @@ class CentroidBank(nn.Module):
             0 disables periodic re-seeding (the bank is still seeded once).
         dead_cluster_steps: a cluster with no member for this many consecutive updates is
             revived by splitting a populous cluster (FAISS-style: a copy of the donor centroid
-            perturbed by about one donor standard deviation). 0 disables revival.
+            perturbed by about one donor standard deviation). 0 disables revival. Checked every
+            ``max(1, dead_cluster_steps // 10)`` updates.
         lloyd_iters: Lloyd iterations after k-means++ seeding in :meth:`seed`.
         normalize: keep centroids on the unit sphere (spherical k-means); True for CueCo,
             whose features are L2-normalised.
@@ -349,9 +350,16 @@ class CentroidBank(nn.Module):
         sums, counts, sq_sums = stats[:, :-2], stats[:, -2], stats[:, -1]
         self.num_updates += 1
         self._apply_statistics(sums, counts, sq_sums)
-        if self.dead_cluster_steps > 0:
+        if self.dead_cluster_steps > 0 and self.num_updates % self.revive_check_interval == 0:
             self._revive_dead_clusters(counts)
         return counts
+
+    @property
+    def revive_check_interval(self) -> int:
+        """Dead clusters are looked for every this many updates, ``max(1, dead_cluster_steps //
+        10)``: a cluster is revived at most 10 % late, and most steps skip the ~35 small kernels
+        of the revival (a host-side decision: no sync, the same on every rank and on resume)."""
+        return max(1, self.dead_cluster_steps // 10)
 
     def _apply_statistics(
         self, sums: torch.Tensor, counts: torch.Tensor, sq_sums: torch.Tensor

@@ -344,14 +344,9 @@ class CueCo(BaseMomentumMethod):
         variance_loss: torch.Tensor,
         queries: torch.Tensor,
     ) -> None:
-        """Per-step losses and cluster health (no host sync: every value stays a tensor)."""
-        bank = self.bank
-        window = max(bank.dead_cluster_steps, 1)
-        live = ((bank.num_updates - bank.last_active) < window).sum().float()
-        usage = bank.usage / bank.usage.sum().clamp_min(1e-12)
-        entropy = -(usage * usage.clamp_min(1e-12).log()).sum() / math.log(bank.num_clusters)
-        feature_std = queries.detach().float().std(dim=0).mean()
-
+        """Per-step losses; cluster health on the steps Lightning writes to its loggers
+        (``log_every_n_steps``), so the other steps skip those kernels and ``self.log`` calls.
+        No host sync: every value stays a tensor."""
         self.log_dict(
             {
                 "train_nce_loss": nce_loss,
@@ -363,6 +358,15 @@ class CueCo(BaseMomentumMethod):
             prog_bar=True,
             sync_dist=True,
         )
+        trainer = self._trainer
+        if trainer is not None and trainer.global_step % max(trainer.log_every_n_steps, 1) != 0:
+            return
+        bank = self.bank
+        window = max(bank.dead_cluster_steps, 1)
+        live = ((bank.num_updates - bank.last_active) < window).sum().float()
+        usage = bank.usage / bank.usage.sum().clamp_min(1e-12)
+        entropy = -(usage * usage.clamp_min(1e-12).log()).sum() / math.log(bank.num_clusters)
+        feature_std = queries.detach().float().std(dim=0).mean()
         self.log("train_live_clusters", live, on_step=True, on_epoch=False, prog_bar=True)
         # the bank is identical on every rank: no sync needed for its statistics
         self.log_dict(

@@ -547,3 +547,20 @@ def test_running_variances_never_fall_below_min_variance() -> None:
 def test_bad_min_variance_is_rejected_with_its_value(bad: object) -> None:
     with pytest.raises(ValueError, match=r"min_variance must be a finite number >= 0.*got"):
         CentroidBank(3, 2, min_variance=bad)  # type: ignore[arg-type]
+
+
+def test_dead_clusters_are_looked_for_every_tenth_of_dead_cluster_steps() -> None:
+    d = 8
+    bank = CentroidBank(4, d, freeze_iters=0, reset_interval=0, dead_cluster_steps=31)
+    assert bank.revive_check_interval == 3
+    bank.seed(F.normalize(torch.randn(64, d, generator=torch.Generator().manual_seed(0)), dim=1))
+    x = F.normalize(bank.centroids[:1] + 0.01, dim=1).repeat(8, 1)  # always cluster 0 only
+    revived_at = []
+    for _ in range(36):
+        before = bank.centroids[1:].clone()
+        bank.update(x, bank.assign(x))
+        if not torch.equal(bank.centroids[1:], before):
+            revived_at.append(bank.num_updates)
+    # dead after 31 empty updates, but looked for only at updates 3, 6, ...: revived at 33
+    assert revived_at[0] == 33
+    assert bank.last_active[1:].tolist() == [33, 33, 33]

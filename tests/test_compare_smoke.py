@@ -117,6 +117,40 @@ def test_compare_cpu_smoke_writes_table_csv_plots_with_finite_numbers_and_resume
     assert stamps == {n: (out / "runs" / n / "result.json").stat().st_mtime_ns for n in RUN_LABELS}
 
 
+@requires_solo
+@pytest.mark.solo
+@pytest.mark.slow
+def test_compare_records_a_failing_run_and_still_trains_the_others(
+    tmp_path: Path, shared_datasets: Path
+) -> None:
+    # batch 1 is a real failure for BYOL only: its projector's BatchNorm1d cannot train on one
+    # sample, while MoCo V2+'s projector has no BatchNorm
+    compare = _load_compare()
+    argv = [
+        *_tiny_argv(tmp_path, shared_datasets / "cifar10"),
+        "--methods",
+        "byol,mocov2plus",
+        "--train-images",
+        "2",
+        "--batch-size",
+        "1",
+        "--queue-size",
+        "2",
+        "--epoch-eval-train",
+        "2",
+    ]
+    assert compare.main(argv) == 1
+
+    out = tmp_path / "cpu-smoke"
+    with open(out / "results.csv") as f:
+        rows = {row["run"]: row for row in csv.DictReader(f)}
+    assert rows["byol"]["status"].startswith("failed: ValueError")
+    assert "batch_norm" in (out / "runs" / "byol" / "error.txt").read_text()
+    assert rows["mocov2plus"]["status"] == "ok"
+    assert math.isfinite(float(rows["mocov2plus"]["knn_top1"]))
+    assert "failed: ValueError" in (out / "results.md").read_text()
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

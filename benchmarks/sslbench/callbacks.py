@@ -11,6 +11,7 @@ evaluation) are dropped.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -47,13 +48,14 @@ class StepTimer(pl.Callback):
         self.warmup_steps = warmup_steps
         self.intervals: list[float] = []  # seconds per iteration, after warm-up
         self.peak_rss = 0
+        self.rss_at_start = 0
         self._last: float | None = None
         self._seen = 0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
-        self.peak_rss = current_rss_bytes()
+        self.rss_at_start = self.peak_rss = current_rss_bytes()
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last = None
@@ -137,8 +139,14 @@ class StepProgressBar(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         total = int(trainer.estimated_stepping_batches)
+        interactive = sys.stderr.isatty()
         self.bar = tqdm(
-            total=total, initial=trainer.global_step, desc=self.desc, unit="step", leave=True
+            total=total,
+            initial=trainer.global_step,
+            desc=self.desc,
+            unit="step",
+            leave=True,
+            mininterval=0.1 if interactive else 15.0,  # few lines in a log file
         )
 
     def on_train_batch_end(

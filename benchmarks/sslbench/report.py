@@ -126,6 +126,13 @@ def versions() -> dict[str, str | None]:
             timeout=10,
             check=True,
         ).stdout.strip()
+        # tracked files changed since that commit (untracked files are not counted)
+        out["git_dirty"] = (
+            subprocess.run(
+                ["git", "-C", str(repo), "diff", "--quiet", "HEAD"], timeout=20, check=False
+            ).returncode
+            != 0
+        )
     except (OSError, subprocess.SubprocessError):
         out["git_commit"] = None
     return out
@@ -178,7 +185,8 @@ def write_markdown(path: Path, meta: dict[str, Any], records: dict[str, dict[str
         f"- Versions: torch {v.get('torch')}, torchvision {v.get('torchvision')}, lightning "
         f"{v.get('lightning')}, torchmetrics {v.get('torchmetrics')}, solo-learn "
         f"{v.get('solo_learn')}, cueco_plugin {v.get('cueco_plugin')}, commit "
-        f"{(v.get('git_commit') or '?')[:12]}",
+        f"{(v.get('git_commit') or '?')[:12]}"
+        f"{' (with uncommitted changes)' if v.get('git_dirty') else ''}",
         f"- Load average (1/5/15 min) at start {meta.get('load_average_start')}, at end "
         f"{meta.get('load_average_end', '–')} (timings on a shared machine vary with load)",
         f"- Profile: {s['description']}",
@@ -264,9 +272,10 @@ def write_markdown(path: Path, meta: dict[str, Any], records: dict[str, dict[str
         f"{s['throughput_warmup_steps']} warm-up iterations, excluding iterations that span an "
         "epoch end. It includes data loading, forward, backward, optimiser step, the momentum "
         "and centroid-bank updates and Lightning's overhead.",
-        "- Peak memory: `torch.cuda.max_memory_allocated` during training on a GPU; on a CPU the "
-        "main process's peak resident set size sampled during training (DataLoader workers "
-        "excluded).",
+        "- Peak memory: `torch.cuda.max_memory_allocated` during training on a GPU (reset before "
+        "each run); on a CPU the main process's peak resident set size sampled during training "
+        "(DataLoader workers excluded; the runs share one process, so it includes the loaded "
+        "data and whatever earlier runs left in the allocator: not a per-method figure).",
         f"- kNN: weighted kNN (solo-learn's `WeightedKNNClassifier`, k = {s['knn_k']}, "
         f"{s['knn_distance']} similarity, T = {s['knn_t']}) on the frozen online backbone's "
         "pooled features of the unaugmented training images against the test set.",
@@ -300,18 +309,23 @@ def write_plots(out_dir: Path, records: dict[str, dict[str, Any]], smoke: bool) 
 
     written = []
     tag = " (smoke result, not evidence)" if smoke else ""
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     plotted = False
-    for name, r in records.items():
+    styles = ("-", "--", "-.", ":")
+    for i, (name, r) in enumerate(records.items()):
         hist = r.get("history") or []
         if hist:
             ax.plot(
                 [h["epoch"] for h in hist],
                 [h["knn_top1"] for h in hist],
-                marker="o",
+                marker="os^vD"[i % 5],
+                linestyle=styles[i % len(styles)],
                 label=r.get("label", name),
             )
             plotted = True
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("kNN top-1 (%) on the epoch-end subsets")
     ax.set_title("kNN accuracy against epoch" + tag, fontsize=10)
