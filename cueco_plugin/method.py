@@ -359,7 +359,10 @@ class CueCo(BaseMomentumMethod):
             sync_dist=True,
         )
         trainer = self._trainer
-        if trainer is not None and trainer.global_step % max(trainer.log_every_n_steps, 1) != 0:
+        # Lightning's own "write to the loggers on this step" decision (every log_every_n_steps)
+        if trainer is not None and not getattr(
+            trainer._logger_connector, "should_update_logs", True
+        ):
             return
         bank = self.bank
         window = max(bank.dead_cluster_steps, 1)

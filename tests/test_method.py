@@ -485,3 +485,25 @@ def test_defaults_fill_every_cueco_key(tmp_path: Path, cueco_cls: Any) -> None:
     assert cfg.method_kwargs.temperature == 0.2
     assert cfg.method_kwargs.assignment_source == "key"
     assert cfg.momentum.base_tau == 0.99
+
+
+def test_cluster_health_written_to_loggers_is_computed_on_the_step_it_is_written(
+    tmp_path: Path, cifar_folder: Path, cueco_cls: Any
+) -> None:
+    # health values are only computed on the steps Lightning writes to its loggers; with
+    # log_every_n_steps=3 those are steps 2 and 5, and freeze_iters=2 turns the cluster
+    # losses on exactly at step 2, so a stale (step-0) value would read 0 there
+    seed_everything(2)
+    cfg = make_cfg(cifar_folder, freeze_iters=2, reset_interval=0, dead_cluster_steps=0)
+    model = cueco_cls(cfg)
+    train_loader, _ = make_loaders(cfg, with_val=False)
+    trainer = make_trainer(
+        tmp_path, limit_train_batches=6, limit_val_batches=0, log_every_n_steps=3
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, train_loader)
+
+    rows = read_metrics(trainer)
+    assert step_rows(rows, "train_cluster_losses_active") == {2: 1.0, 5: 1.0}
+    assert sorted(step_rows(rows, "train_nce_loss")) == [2, 5]
