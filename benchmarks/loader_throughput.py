@@ -29,15 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -49,81 +46,17 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "pretrain"
 SHARED = (REPO / ".." / "shared" / "datasets").resolve()
 RESULTS = REPO / "benchmarks" / "results"
+if str(REPO / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+
+# machine, versions and load average: the same records as the other benchmarks
+from sslbench.report import load_average, machine_info, versions  # noqa: E402
 
 # dataset -> (config dir and name for the end-to-end run, augmentation file, crop size)
 DATASETS = {
     "imagenette": ("custom", "cueco_dali.yaml", "custom/augmentations/mocov2plus.yaml", 224),
     "cifar": ("cpu", "cueco_dali.yaml", "cpu/augmentations/cifar_small.yaml", 32),
 }
-
-
-# ---------------------------------------------------------------------------------------------
-# environment
-# ---------------------------------------------------------------------------------------------
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = None
-    try:
-        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        mem_gib = round(pages / 2**30, 1)
-    except (ValueError, OSError):
-        pass
-    info = {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_gib": mem_gib,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    try:
-        info["nvidia_smi"] = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return info
-
-
-def versions() -> dict[str, Any]:
-    return {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "cuda_runtime": torch.version.cuda,
-        "torchvision": _version("torchvision"),
-        "lightning": _version("lightning"),
-        "nvidia-dali": _version("nvidia-dali-cuda120") or _version("nvidia-dali-cuda130"),
-        "solo-learn": _version("solo-learn"),
-        "cueco-plugin": _version("cueco-plugin"),
-        "pillow": _version("pillow"),
-    }
-
-
-def load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,8 +262,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Loader throughput ({report['tag']})",
         "",
-        f"Measured {report['date']} on {m['cpu']} ({m['usable_cores']} usable cores, "
-        f"{m['memory_gib']} GiB), GPU: {m['gpu'] or 'none'}. Load average (1 min) before/after: "
+        f"Measured {report['date']} on {m.get('cpu_model', '?')} ({m['usable_cores']} usable "
+        f"cores, {m.get('memory_gib')} GiB), GPU: {m['gpu'] or 'none'}. Load average (1, 5, 15 "
+        "min) before/after: "
         f"{report['load_before']} / {report['load_after']}.",
         "",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),

@@ -70,6 +70,9 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "cpu_count": os.cpu_count(),
+        "usable_cores": (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        ),
         "torch_threads": torch.get_num_threads(),
     }
     cpuinfo = _read("/proc/cpuinfo") or ""
@@ -111,6 +114,13 @@ def versions() -> dict[str, str | None]:
             out["solo_learn"] = "not installed (on PYTHONPATH)"
     except ImportError:
         out["solo_learn"] = None
+    for dist in ("nvidia-dali-cuda120", "nvidia-dali-cuda130", "pillow"):
+        try:
+            from importlib.metadata import version
+
+            out[dist] = version(dist)
+        except Exception:  # noqa: BLE001 - not installed
+            pass
     try:
         import cueco_plugin
 
