@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from cueco_plugin.centroids import CentroidBank
+from cueco_plugin.bank import CentroidBank
+from cueco_plugin.config import CUECO_DEFAULTS
 from cueco_plugin.losses import centroid_contrast_loss, variance_scaled_distance_loss
 from cueco_plugin.registration import SOLO_LEARN_INSTALL_HINT, register
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CUECO_DEFAULTS",
     "CentroidBank",
     "CueCo",
     "SOLO_LEARN_INSTALL_HINT",

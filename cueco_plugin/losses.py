@@ -1,105 +1,78 @@
-"""CueCo's two cluster losses (L2 and L3) as pure functions.
+"""CueCo's losses and target functions, pure and stateless.
 
-L1, the instance contrast, is solo-learn's own ``mocov2plus_loss_func`` and is not repeated here.
+L1 without a negative mask is solo-learn's own ``mocov2plus_loss_func`` (the method calls it);
+:func:`infonce_loss` is the same loss with some queue negatives masked out. The arguments are
+trusted: ``cueco_plugin.config`` validates the options once, and the bank produces valid
+assignments. Every loss is computed in float32 whatever the input dtype and autocast state, with
+the bank's tensors as stop-gradient targets: gradients reach ``query`` only.
 
-Both losses treat the centroid bank as a stop-gradient target: gradients reach ``query`` only.
-They are computed in float32 whatever the input dtype and autocast state, so that mixed-precision
-training (fp16/bf16) gets the same numbers as full precision.
-
-Shapes: ``query`` (B, D), ``centroids`` (K, D), ``variances`` (K,), ``assignments`` (B,) int64.
+Shapes: ``query`` / ``key`` (B, D) L2-normalised; ``centroids`` (K, D); ``variances`` (K,);
+``assignments`` (B,) int64; ``queue`` (D, Q).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
-VarianceScaling = Literal["divide", "multiply", "none"]
 VARIANCE_SCALINGS: tuple[str, ...] = ("divide", "multiply", "none")
 
 
-def _check_positive_number(name: str, value: object) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not (ok and 0 < value < math.inf):  # type: ignore[operator]
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+def _fp32(device: torch.device) -> torch.autocast:
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
-def _check_inputs(
+def infonce_loss(
     query: torch.Tensor,
-    centroids: torch.Tensor,
-    assignments: torch.Tensor,
-    check_range: bool | None,
-) -> None:
-    """Validates shapes and dtypes (free) and, where cheap, the assignment range.
+    key: torch.Tensor,
+    queue: torch.Tensor,
+    temperature: float,
+    negative_mask: torch.Tensor,
+) -> torch.Tensor:
+    """L1 (MoCo's InfoNCE) with the negatives where ``negative_mask`` is True left out.
 
-    The range check reads tensor values, which is a host-device synchronisation on an
-    accelerator; with ``check_range=None`` it runs only for CPU tensors.
+    ``CE([q.k, q.queue] / temperature, 0)`` with masked logits set to ``-inf``: with no
+    negative masked it equals ``solo.losses.mocov2plus.mocov2plus_loss_func``.
+
+    Args:
+        query: (B, D). key: (B, D) positives. queue: (D, Q) negatives.
+        temperature: > 0. negative_mask: (B, Q) bool, True drops that negative for that query.
+
+    Returns:
+        Scalar float32 loss.
     """
-    if query.dim() != 2:
-        raise ValueError(f"query must be 2-D (B, D), got shape {tuple(query.shape)}")
-    if not query.is_floating_point():
-        raise ValueError(f"query must be a floating-point tensor, got dtype {query.dtype}")
-    if query.shape[0] < 1:
-        raise ValueError("query must hold at least one sample (B >= 1), got B=0")
-    if centroids.dim() != 2:
-        raise ValueError(f"centroids must be 2-D (K, D), got shape {tuple(centroids.shape)}")
-    if not centroids.is_floating_point():
-        raise ValueError(f"centroids must be a floating-point tensor, got dtype {centroids.dtype}")
-    if centroids.shape[1] != query.shape[1]:
-        raise ValueError(
-            f"centroids have dimension {centroids.shape[1]} but query has {query.shape[1]}; "
-            "both must share D"
-        )
-    if centroids.shape[0] < 1:
-        raise ValueError("centroids must hold at least one cluster (K >= 1), got K=0")
-    if assignments.dtype != torch.int64:
-        raise ValueError(f"assignments must be int64 (torch.long), got dtype {assignments.dtype}")
-    if assignments.shape != (query.shape[0],):
-        raise ValueError(
-            f"assignments must have shape (B,) = ({query.shape[0]},), "
-            f"got {tuple(assignments.shape)}"
-        )
-    if check_range is None:
-        check_range = assignments.device.type == "cpu"
-    if check_range and assignments.numel() > 0:
-        lo, hi = int(assignments.min()), int(assignments.max())
-        k = centroids.shape[0]
-        if lo < 0 or hi >= k:
-            bad = lo if lo < 0 else hi
-            raise ValueError(
-                f"assignments contain {bad}, outside the allowed range [0, {k - 1}] for K={k}"
-            )
+    with _fp32(query.device):
+        q = query.float()
+        pos = (q * key.detach().float()).sum(dim=1, keepdim=True)
+        neg = (q @ queue.detach().float()).masked_fill(negative_mask, float("-inf"))
+        logits = torch.cat([pos, neg], dim=1) / temperature
+        return F.cross_entropy(logits, logits.new_zeros(q.shape[0], dtype=torch.long))
 
 
 def centroid_contrast_loss(
     query: torch.Tensor,
     centroids: torch.Tensor,
-    assignments: torch.Tensor,
-    temperature: float,
-    check_range: bool | None = None,
+    targets: torch.Tensor,
+    temperature: float | torch.Tensor,
 ) -> torch.Tensor:
-    """L2: cross-entropy of a softmax over the K centroids, the assigned centroid positive.
+    """L2: cross-entropy of a softmax over the K centroids.
 
-    ``mean_b CE(query_b @ centroids.T / temperature, assignments_b)``
+    ``mean_b CE(query_b @ centroids.T / temperature, targets_b)``.
 
     Args:
-        query: (B, D) query features (normally L2-normalised projections).
-        centroids: (K, D) centroids; detached, they only move by the bank's momentum update.
-        assignments: (B,) int64 index of each sample's assigned centroid.
-        temperature: softmax temperature, > 0.
-        check_range: check ``0 <= assignments < K`` (a host sync on GPU). ``None``: CPU only.
+        query: (B, D). centroids: (K, D), stop-gradient.
+        targets: (B,) int64 assigned centroid (hard) or (B, K) float target distribution
+            (soft, e.g. from :func:`sinkhorn`; rows sum to 1).
+        temperature: a float > 0, or (K,) per-cluster temperatures (PCL's concentration).
 
     Returns:
         Scalar float32 loss.
     """
-    _check_positive_number("temperature", temperature)
-    _check_inputs(query, centroids, assignments, check_range)
-    with torch.autocast(device_type=query.device.type, enabled=False):
-        logits = query.float() @ centroids.detach().float().T
-        return F.cross_entropy(logits / temperature, assignments)
+    with _fp32(query.device):
+        logits = (query.float() @ centroids.detach().float().T) / temperature
+        if targets.is_floating_point():
+            targets = targets.detach().float()
+        return F.cross_entropy(logits, targets)
 
 
 def variance_scaled_distance_loss(
@@ -107,9 +80,8 @@ def variance_scaled_distance_loss(
     centroids: torch.Tensor,
     variances: torch.Tensor,
     assignments: torch.Tensor,
-    scaling: VarianceScaling = "divide",
+    scaling: str = "divide",
     eps: float = 1e-4,
-    check_range: bool | None = None,
 ) -> torch.Tensor:
     """L3: squared distance of each query to its assigned centroid, scaled by that cluster's
     running variance, averaged over the batch.
@@ -119,29 +91,13 @@ def variance_scaled_distance_loss(
     - ``"none"``: ``||q - c_a||^2``.
 
     Args:
-        query: (B, D) query features.
-        centroids: (K, D) centroids, stop-gradient.
-        variances: (K,) running per-cluster variances, stop-gradient, >= 0.
-        assignments: (B,) int64 assigned cluster of each sample.
-        scaling: one of ``"divide"``, ``"multiply"``, ``"none"``.
-        eps: > 0, keeps ``"divide"`` finite for zero-variance clusters.
-        check_range: as in :func:`centroid_contrast_loss`.
+        query: (B, D). centroids: (K, D) and variances: (K,), both stop-gradient.
+        assignments: (B,) int64. scaling: one of :data:`VARIANCE_SCALINGS`. eps: > 0.
 
     Returns:
         Scalar float32 loss.
     """
-    if scaling not in VARIANCE_SCALINGS:
-        raise ValueError(f"scaling must be one of {VARIANCE_SCALINGS}, got {scaling!r}")
-    _check_positive_number("eps", eps)
-    _check_inputs(query, centroids, assignments, check_range)
-    if variances.shape != (centroids.shape[0],):
-        raise ValueError(
-            f"variances must have shape (K,) = ({centroids.shape[0]},), "
-            f"got {tuple(variances.shape)}"
-        )
-    if not variances.is_floating_point():
-        raise ValueError(f"variances must be a floating-point tensor, got dtype {variances.dtype}")
-    with torch.autocast(device_type=query.device.type, enabled=False):
+    with _fp32(query.device):
         target = centroids.detach().float().index_select(0, assignments)
         sq_dist = (query.float() - target).pow(2).sum(dim=1)
         if scaling == "none":
@@ -150,3 +106,61 @@ def variance_scaled_distance_loss(
         if scaling == "divide":
             return (sq_dist / (var + eps)).mean()
         return (sq_dist * var).mean()
+
+
+@torch.no_grad()
+def sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
+    """Balanced soft assignments by Sinkhorn-Knopp (SwAV's ``distributed_sinkhorn``).
+
+    Args:
+        scores: (N, K) similarities of N features to K centroids.
+        epsilon: entropic regularisation (SwAV: 0.05). iterations: SwAV: 3.
+
+    Returns:
+        (N, K) float32, each row a distribution over the K centroids, the columns summing to
+        about N / K each (every centroid gets an equal share of the N features).
+    """
+    with _fp32(scores.device):
+        logits = scores.float() / epsilon
+        q = torch.exp(logits - logits.max()).T  # (K, N)
+        q /= q.sum()
+        k, n = q.shape
+        for _ in range(iterations):
+            q /= q.sum(dim=1, keepdim=True) * k
+            q /= q.sum(dim=0, keepdim=True) * n
+        return (q * n).T
+
+
+@torch.no_grad()
+def negative_mask(
+    targets: torch.Tensor,
+    queue_labels: torch.Tensor,
+    centroids: torch.Tensor,
+    mode: str,
+) -> torch.Tensor:
+    """Which queue negatives to drop for each query, from cluster labels.
+
+    - ``"hard"``: the queue keys of the query's own target cluster;
+    - ``"hcsc"``: HCSC's sampling: a queue key is dropped with probability ``clamp(s, 0, 1)``,
+      ``s`` the cosine similarity of the query's and the key's centroids (always dropped in the
+      same cluster, kept when the clusters are orthogonal).
+
+    Queue slots without a label (``-1``: random initial vectors, keys from before the bank's
+    seeding) are never dropped.
+
+    Args:
+        targets: (B,) int64 target cluster of each query. queue_labels: (Q,) int64 or -1.
+        centroids: (K, D) unit centroids. mode: ``"hard"`` or ``"hcsc"``.
+
+    Returns:
+        (B, Q) bool.
+    """
+    labelled = (queue_labels >= 0).unsqueeze(0)
+    labels = queue_labels.clamp_min(0)
+    if mode == "hard":
+        return labelled & (targets.unsqueeze(1) == labels.unsqueeze(0))
+    with _fp32(centroids.device):
+        c = centroids.float()
+        similarity = (c @ c.T).clamp_(0.0, 1.0)  # (K, K): cheap next to a (B, Q) product
+        drop = similarity.index_select(0, targets).index_select(1, labels)
+        return labelled & (torch.rand_like(drop) < drop)

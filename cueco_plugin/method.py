@@ -1,25 +1,26 @@
 """CueCo as a solo-learn method (a ``BaseMomentumMethod``, written like solo-learn's MoCo V2+).
 
-One training step, for the two large crops v1, v2 of a batch:
+One training step, for the two large crops v1, v2 of a batch of B images per rank:
 
-1. online queries ``q_i = normalise(projector(backbone(v_i)))`` and momentum keys
+1. queries ``q_i = normalise(projector(backbone(v_i)))`` and momentum keys
    ``k_i = normalise(momentum_projector(momentum_backbone(v_i)))`` (solo-learn's base classes);
-2. L1: solo-learn's ``mocov2plus_loss_func``, symmetric: ``(l(q1, k2, queue[1]) + l(q2, k1,
-   queue[0])) / 2``;
-3. the centroid bank is (re-)seeded when it asks for it, from the gathered keys of this step and
-   the real keys already in the queue (never the queue's random initial vectors);
-4. assignments: with ``assignment_source: key`` the target of q1 is the nearest centroid of k2
-   and the target of q2 that of k1 (the pairing of L1's positives); with ``query`` each query's
-   own nearest centroid (detached);
-5. L2 (centroid contrast) and L3 (variance-scaled distance) on both views, averaged; they are off
-   (0) while the bank is frozen after a (re-)seeding;
-6. the local keys of both views and their assignments are accumulated into the bank; the gathered
-   keys are enqueued. After each optimiser step (``on_train_batch_end``, where solo-learn updates
-   the momentum encoder, so gradient accumulation is respected) the bank takes one momentum step,
-   all-reducing the accumulated statistics across ranks.
+2. L1: solo-learn's ``mocov2plus_loss_func``, symmetric, ``(l(q1, k2, queue[1]) + l(q2, k1,
+   queue[0])) / 2``; with ``negative_mask`` the queue keys of the query's cluster are left out;
+3. the keys of every rank are gathered; when the bank's schedule asks for it (end of the warm-up,
+   every ``recluster_interval`` steps) it is clustered from them and the queue's real keys;
+4. targets: with ``assignment_source: key`` q1 is pulled to the cluster of k2 and q2 to that of
+   k1 (L1's positive pairs), with ``query`` each query to its own nearest centroid; hard nearest
+   centroids, or Sinkhorn-balanced soft assignments over the gathered keys and recent queue keys;
+5. L2 (centroid contrast, temperature fixed or PCL's per-cluster concentration) and L3
+   (variance-scaled distance), both views averaged, weighted by the bank's schedule (0 in the
+   warm-up and freeze windows, then a linear ramp);
+6. the local keys are accumulated into the bank and the gathered keys enqueued with their
+   clusters. After each optimiser step (``on_train_batch_end``, where solo-learn updates the
+   momentum encoder, so gradient accumulation is respected) the bank takes one momentum step,
+   all-reducing the accumulated statistics, unless the optimiser skipped the step.
 
-Total loss: ``lambda_nce * L1 + lambda_centroid * L2 + lambda_variance * L3`` plus solo-learn's
-online classifier loss (on detached features).
+Total: ``lambda_nce L1 + w (lambda_centroid L2 + lambda_variance L3)`` plus solo-learn's online
+classifier loss on detached features.
 """
 
 from __future__ import annotations
@@ -30,323 +31,308 @@ from typing import Any
 
 import omegaconf
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from solo.losses.mocov2plus import mocov2plus_loss_func
 from solo.methods.base import BaseMomentumMethod
 from solo.utils.misc import gather, omegaconf_select
 from solo.utils.momentum import initialize_momentum_params
 
-from cueco_plugin.centroids import CentroidBank
-from cueco_plugin.cluster_metrics import cluster_metrics
-from cueco_plugin.key_queue import KeyQueue
-from cueco_plugin.losses import centroid_contrast_loss, variance_scaled_distance_loss
-from cueco_plugin.method_config import add_and_validate_method_kwargs, check_queue_size
+from cueco_plugin.bank import CentroidBank
+from cueco_plugin.config import add_and_validate_method_kwargs
+from cueco_plugin.losses import (
+    centroid_contrast_loss,
+    infonce_loss,
+    negative_mask,
+    sinkhorn,
+    variance_scaled_distance_loss,
+)
+from cueco_plugin.metrics import cluster_scores, contingency_table
+
+
+class KeyQueue(nn.Module):
+    """MoCo's FIFO queue of keys per view, with each key's cluster (-1: none yet).
+
+    Buffers ``keys`` (V, D, Q), the layout ``mocov2plus_loss_func`` takes, and ``labels`` (V, Q);
+    the write pointer and fill count are host ints saved through the extra state, so enqueueing
+    reads nothing on the host. Starts with random unit vectors, as MoCo does.
+    """
+
+    keys: torch.Tensor
+    labels: torch.Tensor
+
+    def __init__(self, num_views: int, dim: int, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.register_buffer("keys", F.normalize(torch.randn(num_views, dim, size), dim=1))
+        self.register_buffer("labels", torch.full((num_views, size), -1, dtype=torch.long))
+        self.ptr = 0
+        self.num_filled = 0
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"ptr": self.ptr, "num_filled": self.num_filled}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.ptr, self.num_filled = int(state["ptr"]), int(state["num_filled"])
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor, labels: torch.Tensor) -> None:
+        """Writes keys (V, N, D) and their clusters (V, N) over the oldest ones, wrapping around
+        (only the newest Q if N > Q). A key with a NaN or inf keeps the slot's old key."""
+        keys, labels = keys[:, -self.size :], labels[:, -self.size :]
+        n = keys.shape[1]
+        slots = torch.arange(self.ptr, self.ptr + n, device=keys.device) % self.size
+        new = keys.detach().transpose(1, 2).to(self.keys.dtype)  # (V, D, N)
+        finite = torch.isfinite(new).all(dim=1)  # (V, N)
+        old = self.keys.index_select(2, slots)
+        self.keys.index_copy_(2, slots, torch.where(finite.unsqueeze(1), new, old))
+        old_labels = self.labels.index_select(1, slots)
+        self.labels.index_copy_(1, slots, torch.where(finite, labels, old_labels))
+        self.ptr = (self.ptr + n) % self.size
+        self.num_filled = min(self.num_filled + n, self.size)
+
+    def filled(self) -> torch.Tensor:
+        """The real keys held so far, all views: (V * num_filled, D). Slots fill from 0, so
+        until the queue is full they are the prefix; the random initial vectors never appear."""
+        return self.keys[:, :, : self.num_filled].permute(0, 2, 1).reshape(-1, self.keys.shape[1])
+
+    def recent(self, count: int) -> torch.Tensor:
+        """The ``count`` most recently written real keys of each view: (V * n, D), n <= count."""
+        n = min(count, self.num_filled)
+        slots = torch.arange(self.ptr - n, self.ptr, device=self.keys.device) % self.size
+        return self.keys.index_select(2, slots).permute(0, 2, 1).reshape(-1, self.keys.shape[1])
+
+    @torch.no_grad()
+    def relabel(self, bank: CentroidBank) -> None:
+        """Re-assigns every real key to the bank's current clusters (after a clustering)."""
+        v = self.keys.shape[0]
+        filled = self.filled()
+        if filled.shape[0]:
+            self.labels[:, : self.num_filled] = bank.assign(filled).view(v, -1)
 
 
 def _projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     """MoCo V2+'s two-layer MLP projector."""
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim),
-        nn.ReLU(),
-        nn.Linear(hidden_dim, out_dim),
-    )
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
 
 
-def swap_views(assignments: torch.Tensor) -> torch.Tensor:
-    """``[a(k1); a(k2)] -> [a(k2); a(k1)]``: with ``assignment_source: key`` the target cluster
-    of each query is that of the *other* view's key, the same pairing as L1's positives.
-
-    Args:
-        assignments: (2B,) the clusters of the keys of view 1 then view 2.
-
-    Returns:
-        (2B,) the targets of the queries of view 1 then view 2.
-    """
-    return assignments.roll(shifts=assignments.shape[0] // 2)
-
-
-def _gather_variable_length(x: torch.Tensor) -> torch.Tensor:
-    """Concatenates a 1-D tensor of any per-rank length from every rank (rank order).
-
-    Used once per validation epoch (reads the lengths on the host), never in a training step.
-    """
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return x
-    world = dist.get_world_size()
-    length = torch.tensor([x.numel()], device=x.device)
-    lengths = [torch.zeros_like(length) for _ in range(world)]
-    dist.all_gather(lengths, length)
-    sizes = [int(n.item()) for n in lengths]
-    padded = x.new_zeros(max(sizes))
-    padded[: x.numel()] = x
-    parts = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+def swap_views(x: torch.Tensor) -> torch.Tensor:
+    """``[x(k1); x(k2)] -> [x(k2); x(k1)]`` along dim 0: the target of each query is that of
+    the *other* view's key, the pairing of L1's positives. (2B, ...) -> (2B, ...)."""
+    return x.roll(shifts=x.shape[0] // 2, dims=0)
 
 
 class CueCo(BaseMomentumMethod):
     def __init__(self, cfg: omegaconf.DictConfig):
-        """Implements CueCo, Cluster Contrast (Giakoumoglou and Stathaki, ICIP 2025,
-        https://arxiv.org/abs/2507.12359): MoCo V2+ instance contrast with a queue plus a
-        momentum-updated centroid bank pulling each query towards its cluster.
-
-        Extra cfg settings:
-            method_kwargs:
-                proj_hidden_dim (int): hidden units of the projector MLP. Default 2048.
-                proj_output_dim (int): D, projected feature dimension. Default 256.
-                temperature (float): softmax temperature of L1 (InfoNCE). Default 0.2.
-                queue_size (int): keys kept per view in the MoCo queue; a positive multiple of
-                    the global batch (batch_size x devices x num_nodes). Default 65536.
-                num_clusters (int): K centroids, >= 2. Default 100.
-                centroid_temperature (float): softmax temperature of L2. Default 0.1.
-                lambda_nce (float): weight of L1, >= 0. Default 1.0.
-                lambda_centroid (float): weight of L2, >= 0. Default 1.0.
-                lambda_variance (float): weight of L3, >= 0 (not all three 0). Default 0.1.
-                centroid_momentum (float): beta1 of the centroid and usage update, in [0, 1).
-                    Default 0.99.
-                variance_momentum (float): beta2 of the per-cluster variance update, in [0, 1).
-                    Default 0.99.
-                variance_scaling (str): L3's scaling of the squared distance by the cluster
-                    variance: "divide" | "multiply" | "none". Default "divide".
-                variance_eps (float): added to the variance in "divide", > 0. Default 1e-4.
-                min_variance (float): floor of the bank's running variances, >= 0; a cluster
-                    seeded with < 2 members gets the overall variance. Default 1e-3.
-                assignment_source (str): "key" (the target of q1 is the cluster of k2 and
-                    vice versa) or "query" (each query's own nearest centroid). Default "key".
-                freeze_iters (int): optimiser steps after each (re-)seeding with the cluster
-                    losses off, >= 0, < reset_interval unless reset_interval is 0. Default 313.
-                reset_interval (int): re-seed the bank every this many optimiser steps; 0 seeds
-                    once. Default 1000.
-                dead_cluster_steps (int): revive a cluster with no member for this many steps;
-                    0 never revives. Default 100.
-                lloyd_iters (int): Lloyd iterations after k-means++ when seeding. Default 10.
+        """CueCo, Cluster Contrast (Giakoumoglou and Stathaki, ICIP 2025, arXiv 2507.12359):
+        MoCo V2+ instance contrast with a queue plus a momentum-updated centroid bank pulling
+        each query towards its cluster. Every option under ``method_kwargs``, its default and
+        what it allows: ``cueco_plugin.config.CUECO_DEFAULTS`` and docs/options.md.
         """
-
         super().__init__(cfg)
-
         mk = cfg.method_kwargs
-        self.temperature: float = float(mk.temperature)
-        self.queue_size: int = int(mk.queue_size)
-        self.centroid_temperature: float = float(mk.centroid_temperature)
-        self.lambda_nce: float = float(mk.lambda_nce)
-        self.lambda_centroid: float = float(mk.lambda_centroid)
-        self.lambda_variance: float = float(mk.lambda_variance)
-        self.variance_scaling: str = str(mk.variance_scaling)
-        self.variance_eps: float = float(mk.variance_eps)
-        self.assignment_source: str = str(mk.assignment_source)
-
-        proj_hidden_dim: int = mk.proj_hidden_dim
-        proj_output_dim: int = mk.proj_output_dim
-
-        # projector and momentum projector
-        self.projector = _projector(self.features_dim, proj_hidden_dim, proj_output_dim)
-        self.momentum_projector = _projector(self.features_dim, proj_hidden_dim, proj_output_dim)
+        self.mk = mk
+        dim = mk.proj_output_dim
+        self.projector = _projector(self.features_dim, mk.proj_hidden_dim, dim)
+        self.momentum_projector = _projector(self.features_dim, mk.proj_hidden_dim, dim)
         initialize_momentum_params(self.projector, self.momentum_projector)
-
-        # MoCo queue of past keys, one per view: buffer (2, D, queue_size)
-        self.key_queue = KeyQueue(num_views=2, dim=proj_output_dim, size=self.queue_size)
-
-        # centroid bank (a submodule: its buffers and schedule counters are checkpointed)
+        self.queue = KeyQueue(num_views=2, dim=dim, size=mk.queue_size)
         self.bank = CentroidBank(
             num_clusters=mk.num_clusters,
-            dim=proj_output_dim,
+            dim=dim,
             centroid_momentum=mk.centroid_momentum,
             variance_momentum=mk.variance_momentum,
             min_variance=mk.min_variance,
+            warmup_iters=mk.warmup_iters,
             freeze_iters=mk.freeze_iters,
-            reset_interval=mk.reset_interval,
+            ramp_iters=mk.ramp_iters,
+            recluster_interval=mk.recluster_interval,
+            recluster_init=mk.recluster_init,
             dead_cluster_steps=mk.dead_cluster_steps,
             lloyd_iters=mk.lloyd_iters,
-            normalize=True,
+            mean_temperature=mk.centroid_temperature,
             seed=int(omegaconf_select(cfg, "seed", 0) or 0),
         )
-
-        # validation: nearest-centroid predictions and labels of the current epoch
-        self._val_cluster_preds: list[torch.Tensor] = []
-        self._val_cluster_targets: list[torch.Tensor] = []
+        self.collapse_floor = mk.collapse_threshold / math.sqrt(dim)
+        self._deferred_seed_reported = False
+        self._skipped: torch.Tensor | None = None
+        self._val_table: torch.Tensor | None = None
 
     @staticmethod
     def add_and_assert_specific_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
-        """Adds CueCo's defaults under ``method_kwargs`` and validates every key.
-
-        Args:
-            cfg (omegaconf.DictConfig): DictConfig object.
-
-        Returns:
-            omegaconf.DictConfig: same as the argument, used to avoid errors.
-
-        Raises:
-            ValueError: naming the key, the bad value and what is allowed.
-        """
-
+        """solo-learn's momentum defaults, then CueCo's defaults and checks (ValueErrors naming
+        the key, the bad value and what is allowed)."""
         cfg.momentum = omegaconf_select(cfg, "momentum", {})
         cfg = super(CueCo, CueCo).add_and_assert_specific_cfg(cfg)
         return add_and_validate_method_kwargs(cfg)
 
     @property
     def learnable_params(self) -> list[dict[str, Any]]:
-        """Adds projector parameters together with parent's learnable parameters.
-
-        Returns:
-            List[dict]: list of learnable parameters.
-        """
-
-        extra_learnable_params = [{"name": "projector", "params": self.projector.parameters()}]
-        return super().learnable_params + extra_learnable_params
+        return super().learnable_params + [
+            {"name": "projector", "params": self.projector.parameters()}
+        ]
 
     @property
     def momentum_pairs(self) -> list[tuple[Any, Any]]:
-        """Adds (projector, momentum_projector) to the parent's momentum pairs.
+        return super().momentum_pairs + [(self.projector, self.momentum_projector)]
 
-        Returns:
-            List[Tuple[Any, Any]]: list of momentum pairs.
-        """
+    def configure_callbacks(self) -> list[Any]:
+        """The run-management callbacks (run folders, atomic checkpoints, interrupts)."""
+        from cueco_plugin.runs import run_callbacks
 
-        extra_momentum_pairs = [(self.projector, self.momentum_projector)]
-        return super().momentum_pairs + extra_momentum_pairs
+        return run_callbacks(self.cfg)
 
     def forward(self, X: torch.Tensor) -> dict[str, Any]:
         """Online backbone and projector; adds the L2-normalised query ``z`` (B, D)."""
-
         out = super().forward(X)
-        z = F.normalize(self.projector(out["feats"]), dim=-1)
-        out.update({"z": z})
+        out["z"] = F.normalize(self.projector(out["feats"]), dim=-1)
         return out
 
     @torch.no_grad()
     def momentum_forward(self, X: torch.Tensor) -> dict[str, Any]:
         """Momentum backbone and projector; adds the L2-normalised key ``z`` (B, D)."""
-
         out = super().momentum_forward(X)
-        z = F.normalize(self.momentum_projector(out["feats"]), dim=-1)
-        out.update({"z": z})
+        out["z"] = F.normalize(self.momentum_projector(out["feats"]), dim=-1)
         return out
 
     # ------------------------------------------------------------------ training
-    def on_fit_start(self) -> None:
-        """Checks the queue size against the real global batch (the world size is known now)."""
-        super().on_fit_start()
-        world = self.trainer.world_size
-        check_queue_size(self.queue_size, self.batch_size * world, f"{self.batch_size} x {world}")
-
     def on_train_start(self) -> None:
-        """Starts the optimiser-step detector at the trainer's step and restores tau on resume.
-
-        solo-learn resets ``last_step`` to 0; on a resumed run with gradient accumulation the
-        first micro-batch would then look like an optimiser step (an extra momentum and bank
-        update). Starting from ``global_step`` keeps a resumed run equal to an uninterrupted one.
-        """
+        """Starts the optimiser-step detector at the trainer's step and restores tau on resume
+        (solo-learn resets ``last_step`` to 0 and does not checkpoint tau)."""
         super().on_train_start()
         self.last_step = self.trainer.global_step
         if self.trainer.global_step > 0:
-            # tau is a plain attribute of solo-learn's MomentumUpdater, not checkpointed: put it
-            # back where the uninterrupted run has it after this many steps
             self.momentum_updater.update_tau(
-                cur_step=self.trainer.global_step,
-                max_steps=self.trainer.estimated_stepping_batches,
+                cur_step=self.trainer.global_step, max_steps=self.trainer.estimated_stepping_batches
             )
 
-    @torch.no_grad()
-    def _seed_bank(self, keys: torch.Tensor) -> None:
-        """Seeds the bank from this step's gathered keys (N, D) plus the queue's real keys."""
-        features = torch.cat([keys.float(), self.key_queue.filled_keys().float()])
-        self.bank.seed(features)
+    def _cluster(self, gathered: torch.Tensor) -> None:
+        """(Re-)clusters the bank from the gathered keys (N, D) and the queue's real keys, then
+        relabels the queue; defers (with one message) while fewer than K real keys exist."""
+        if self.bank.cluster(torch.cat([gathered, self.queue.filled().float()])):
+            self.queue.relabel(self.bank)
+        elif not self._deferred_seed_reported:
+            self._deferred_seed_reported = True
+            rank_zero_warn(
+                f"CueCo: seeding of the {self.bank.num_clusters} centroids deferred at step "
+                f"{self.bank.num_updates}: only {gathered.shape[0] + self.queue.num_filled * 2} "
+                "real keys so far (need at least num_clusters); the cluster losses stay off "
+                "until the queue holds enough"
+            )
 
-    def _cluster_losses(
-        self, queries: torch.Tensor, targets: torch.Tensor
+    def _targets(
+        self, q: torch.Tensor, gathered: torch.Tensor, assign: torch.Tensor, local: slice
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """L2 and L3 of queries (2B, D) against their target clusters (2B,); both views in one
-        batch, so each loss is the mean of the two views' losses."""
-        l2 = centroid_contrast_loss(
-            queries,
-            self.bank.centroids,
-            targets,
-            self.centroid_temperature,
-            check_range=False,
-        )
-        l3 = variance_scaled_distance_loss(
-            queries,
-            self.bank.centroids,
-            self.bank.variances,
-            targets,
-            scaling=self.variance_scaling,  # type: ignore[arg-type]
-            eps=self.variance_eps,
-            check_range=False,
-        )
-        return l2, l3
+        """L2's targets (2B,) or (2B, K) and the hard clusters (2B,) the queries (2B, D) are
+        pulled to, from the gathered keys (2, N, D) and their clusters (2, N); ``local`` selects
+        this rank's rows."""
+        if self.mk.assignment_source == "query":
+            hard = self.bank.assign(q.detach())
+        else:
+            hard = swap_views(assign[:, local].reshape(-1))
+        if self.mk.targets == "hard":
+            return hard, hard
+        keys = gathered.reshape(-1, gathered.shape[-1]).float()
+        recent = self.queue.recent(self.mk.sinkhorn_queue_keys // 2)
+        scores = torch.cat([keys, recent]) @ self.bank.centroids.T
+        soft = sinkhorn(scores, self.mk.sinkhorn_epsilon, self.mk.sinkhorn_iters)
+        soft = soft[: keys.shape[0]].view(2, -1, soft.shape[1])[:, local]
+        return swap_views(soft.reshape(-1, soft.shape[-1])), hard
+
+    def _nce_loss(self, q: torch.Tensor, k: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+        """Symmetric L1 of queries (2B, D) and keys (2B, D), with the queue keys of each query's
+        target cluster ``hard`` (2B,) left out when ``negative_mask`` is on."""
+        (q1, q2), (k1, k2) = q.chunk(2), k.chunk(2)
+        queue = self.queue.keys.clone().detach()
+        tau = self.mk.temperature
+        if self.mk.negative_mask == "none" or not self.bank.losses_active:
+            return (
+                mocov2plus_loss_func(q1, k2, queue[1], tau)
+                + mocov2plus_loss_func(q2, k1, queue[0], tau)
+            ) / 2
+        t1, t2 = hard.chunk(2)
+        mode, c = self.mk.negative_mask, self.bank.centroids
+        m1 = negative_mask(t1, self.queue.labels[1], c, mode)
+        m2 = negative_mask(t2, self.queue.labels[0], c, mode)
+        return (
+            infonce_loss(q1, k2, queue[1], tau, m1) + infonce_loss(q2, k1, queue[0], tau, m2)
+        ) / 2
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
         """Training step for CueCo reusing BaseMomentumMethod training step.
 
         Args:
-            batch (Sequence[Any]): a batch of data in the format of [img_indexes, [X], Y],
-                where [X] is a list of size self.num_large_crops containing batches of images.
-            batch_idx (int): index of the batch.
+            batch: ``[img_indexes, [X1, X2], Y]``, each view (B, C, H, W).
+            batch_idx: index of the batch.
 
         Returns:
-            torch.Tensor: lambda-weighted sum of L1, L2, L3 plus the classification loss.
+            The weighted sum of L1, L2, L3 plus the online classifier's loss.
         """
-
         out = super().training_step(batch, batch_idx)
-        class_loss = out["loss"]
-        q1, q2 = out["z"]
-        k1, k2 = out["momentum_z"]
+        q = torch.cat(out["z"])  # (2B, D): [q1; q2]
+        k = torch.cat(out["momentum_z"])  # (2B, D): [k1; k2]
+        b = q.shape[0] // 2
+        gathered = torch.stack((gather(k[:b]), gather(k[b:])))  # (2, world x B, D)
+        local = slice(self.global_rank * b, (self.global_rank + 1) * b)
 
-        # ------- L1: MoCo V2+ contrastive loss, symmetric -------
-        queue = self.key_queue.queue.clone().detach()
-        nce_loss = (
-            mocov2plus_loss_func(q1, k2, queue[1], self.temperature)
-            + mocov2plus_loss_func(q2, k1, queue[0], self.temperature)
-        ) / 2
-
-        gathered = torch.stack((gather(k1), gather(k2)))  # (2, world x B, D)
-
-        # ------- centroid bank: (re-)seed from real keys (host-side schedule, no sync) -------
-        if self.bank.needs_seed:
-            self._seed_bank(gathered.reshape(-1, gathered.shape[-1]))
-
-        # ------- assignments and cluster losses -------
-        local_keys = torch.cat((k1, k2))
-        key_assign = self.bank.assign(local_keys)  # (2B,): [clusters of k1, clusters of k2]
-        queries = torch.cat((q1, q2))
-        if self.assignment_source == "key":
-            # q1 -> cluster of k2, q2 -> cluster of k1 (L1's positive pairs)
-            targets = swap_views(key_assign)
+        bank = self.bank
+        if bank.wants_clustering:  # host-side schedule: no sync
+            self._cluster(gathered.reshape(-1, gathered.shape[-1]).float())
+        weight = bank.loss_weight
+        if bank.seeded:
+            assign = bank.assign(gathered.reshape(-1, gathered.shape[-1])).view(2, -1)
+            targets, hard = self._targets(q, gathered, assign, local)
         else:
-            targets = self.bank.assign(queries.detach())
+            assign = gathered.new_full(gathered.shape[:2], -1, dtype=torch.long)
+            targets = hard = None
 
-        if self.bank.losses_active:
-            centroid_loss, variance_loss = self._cluster_losses(queries, targets)
+        nce_loss = self._nce_loss(q, k, hard)
+        if weight > 0:
+            temperature = (
+                bank.concentration
+                if self.mk.temperature_mode == "concentration"
+                else self.mk.centroid_temperature
+            )
+            centroid_loss = centroid_contrast_loss(q, bank.centroids, targets, temperature)
+            variance_loss = variance_scaled_distance_loss(
+                q,
+                bank.centroids,
+                bank.variances,
+                hard,
+                self.mk.variance_scaling,
+                self.mk.variance_eps,
+            )
         else:
             centroid_loss = variance_loss = nce_loss.new_zeros(())
 
-        # ------- bank statistics of this micro-batch (LOCAL keys; step() all-reduces) -------
-        self.bank.accumulate(local_keys, key_assign)
+        if bank.seeded:
+            bank.accumulate(k, assign[:, local].reshape(-1))  # the keys' own clusters
+        self.queue.enqueue(gathered, assign)
 
-        # ------- update queue -------
-        self.key_queue.enqueue(gathered)
-
-        loss = (
-            self.lambda_nce * nce_loss
-            + self.lambda_centroid * centroid_loss
-            + self.lambda_variance * variance_loss
+        loss = self.mk.lambda_nce * nce_loss + weight * (
+            self.mk.lambda_centroid * centroid_loss + self.mk.lambda_variance * variance_loss
         )
+        self._log_training(nce_loss, centroid_loss, variance_loss, weight, gathered)
+        return loss + out["loss"]
 
-        self._log_training(nce_loss, centroid_loss, variance_loss, queries)
-        return loss + class_loss
+    def _is_logging_step(self) -> bool:
+        """Whether Lightning writes this step's values to its loggers (every
+        ``log_every_n_steps`` optimiser steps), from the trainer's public attributes."""
+        n = self.trainer.log_every_n_steps
+        return n > 0 and (self.trainer.global_step + 1) % n == 0
 
     def _log_training(
         self,
         nce_loss: torch.Tensor,
         centroid_loss: torch.Tensor,
         variance_loss: torch.Tensor,
-        queries: torch.Tensor,
+        weight: float,
+        gathered: torch.Tensor,
     ) -> None:
-        """Per-step losses; cluster health on the steps Lightning writes to its loggers
-        (``log_every_n_steps``), so the other steps skip those kernels and ``self.log`` calls.
-        No host sync: every value stays a tensor."""
+        """Per-step losses (this rank's, no all-reduce per step); on logging steps the bank's
+        health and the spread of the gathered keys (the same on every rank, so no sync either),
+        and the collapse check."""
         self.log_dict(
             {
                 "train_nce_loss": nce_loss,
@@ -356,80 +342,71 @@ class CueCo(BaseMomentumMethod):
             on_step=True,
             on_epoch=False,
             prog_bar=True,
-            sync_dist=True,
         )
-        trainer = self._trainer
-        # Lightning's own "write to the loggers on this step" decision (every log_every_n_steps)
-        if trainer is not None and not getattr(
-            trainer._logger_connector, "should_update_logs", True
-        ):
+        if self._trainer is None or not self._is_logging_step():
             return
-        bank = self.bank
-        window = max(bank.dead_cluster_steps, 1)
-        live = ((bank.num_updates - bank.last_active) < window).sum().float()
-        usage = bank.usage / bank.usage.sum().clamp_min(1e-12)
-        entropy = -(usage * usage.clamp_min(1e-12).log()).sum() / math.log(bank.num_clusters)
-        feature_std = queries.detach().float().std(dim=0).mean()
-        self.log("train_live_clusters", live, on_step=True, on_epoch=False, prog_bar=True)
-        # the bank is identical on every rank: no sync needed for its statistics
-        self.log_dict(
-            {
-                "train_usage_entropy": entropy,
-                "train_mean_variance": bank.variances.mean(),
-                "train_cluster_losses_active": float(bank.losses_active),
-            },
-            on_step=True,
-            on_epoch=False,
-        )
-        self.log("train_feature_std", feature_std, on_step=True, on_epoch=False, sync_dist=True)
+        feature_std = gathered.float().std(dim=1).mean()
+        health = {f"train_{name}": value for name, value in self.bank.health().items()}
+        health["train_cluster_weight"] = weight
+        health["train_feature_std"] = feature_std
+        self.log_dict(health, on_step=True, on_epoch=False)
+        if self.collapse_floor > 0 and float(feature_std) < self.collapse_floor:
+            message = (
+                f"CueCo: feature collapse at step {self.trainer.global_step}: the keys' mean "
+                f"per-dimension std is {float(feature_std):.2e}, below "
+                f"method_kwargs.collapse_threshold / sqrt(D) = {self.collapse_floor:.2e}"
+            )
+            if self.mk.stop_on_collapse:
+                raise RuntimeError(message + " (stop_on_collapse: True)")
+            rank_zero_warn(message)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Remembers, as a device tensor, whether fp16's GradScaler found inf gradients and will
+        skip this step (read from the scaler after Lightning's unscale, no host sync)."""
+        super().on_before_optimizer_step(optimizer)
+        scaler = getattr(self.trainer.strategy.precision_plugin, "scaler", None)
+        state = scaler._per_optimizer_states.get(id(optimizer)) if scaler is not None else None
+        found = state.get("found_inf_per_device") if state else None
+        self._skipped = torch.stack(list(found.values())).sum() > 0 if found else None
 
     def on_train_batch_end(self, outputs: dict[str, Any], batch: Sequence[Any], batch_idx: int):
         """After an optimiser step: solo-learn's momentum update, then one bank step.
 
         ``trainer.global_step`` only grows on the micro-batch that stepped the optimiser, so with
-        gradient accumulation the bank moves once per optimiser step, from the statistics of all
-        its micro-batches.
+        gradient accumulation the bank moves once per optimiser step, from all its micro-batches.
         """
         optimiser_stepped = self.trainer.global_step > self.last_step
         super().on_train_batch_end(outputs, batch, batch_idx)
-        if optimiser_stepped and self.bank.seeded:
-            self.bank.step()
+        if optimiser_stepped:
+            self.bank.step(skipped=self._skipped)
+            self._skipped = None
 
     # ------------------------------------------------------------------ validation
     def base_validation_step(self, X: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-        """solo-learn's validation forward, plus each image's nearest centroid (from its online
-        projection ``z``) for the bank's unsupervised classification metrics."""
+        """solo-learn's validation forward, plus the (cluster, class) counts of the images'
+        nearest centroids (from their online projections) for the bank's classification."""
         out = super().base_validation_step(X, targets)
         if self.bank.seeded and not (self._trainer is not None and self.trainer.sanity_checking):
-            self._val_cluster_preds.append(self.bank.assign(out["z"].detach()))
-            self._val_cluster_targets.append(targets.detach())
+            table = contingency_table(
+                self.bank.assign(out["z"]), targets, self.bank.num_clusters, self.num_classes
+            )
+            self._val_table = table if self._val_table is None else self._val_table + table
         return out
 
     def on_validation_epoch_end(self):
         """solo-learn's metrics, then ``val_cluster_acc`` (one-to-one Hungarian),
-        ``val_cluster_acc_m2o`` (many-to-one) and ``val_cluster_nmi`` over every rank's
-        validation images with a label (>= 0)."""
+        ``val_cluster_acc_m2o`` (many-to-one) and ``val_cluster_nmi`` from the contingency table
+        summed over every rank (one all-reduce per validation epoch)."""
         super().on_validation_epoch_end()
-        local_preds, local_labels = self._val_cluster_preds, self._val_cluster_targets
-        self._val_cluster_preds, self._val_cluster_targets = [], []
-        # the same decision on every rank (no rank may skip the gathers below)
-        if self.trainer.sanity_checking or not self.bank.seeded:
+        table, self._val_table = self._val_table, None
+        if self.trainer.sanity_checking or not self.bank.seeded:  # the same on every rank
             return
-        empty = self.bank.counts.new_zeros(0)
-        preds = _gather_variable_length(torch.cat(local_preds) if local_preds else empty)
-        labels = _gather_variable_length(torch.cat(local_labels).long() if local_labels else empty)
-        keep = labels >= 0
-        preds, labels = preds[keep].cpu(), labels[keep].cpu()
-        if labels.numel() == 0:
+        if table is None:
+            table = torch.zeros(
+                self.bank.num_clusters, self.num_classes, dtype=torch.long, device=self.device
+            )
+        table = self.trainer.strategy.reduce(table, reduce_op="sum")
+        if int(table.sum()) == 0:
             return
-        scores = cluster_metrics(preds.numpy(), labels.numpy())
-        # identical on every rank (computed from the gathered predictions); sync_dist only
-        # averages equal values, once per validation epoch
-        self.log_dict(
-            {
-                "val_cluster_acc": scores["acc"],
-                "val_cluster_acc_m2o": scores["acc_m2o"],
-                "val_cluster_nmi": scores["nmi"],
-            },
-            sync_dist=True,
-        )
+        scores = cluster_scores(table)
+        self.log_dict({f"val_cluster_{name}": value for name, value in scores.items()})

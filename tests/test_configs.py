@@ -146,7 +146,7 @@ def test_pretrain_yaml_passes_parse_cfg_and_builds_cueco(
     model = methods["cueco"](cfg)
     mk = cfg.method_kwargs
     assert model.bank.centroids.shape == (mk.num_clusters, mk.proj_output_dim)
-    assert model.key_queue.queue.shape == (2, mk.proj_output_dim, mk.queue_size)
+    assert model.queue.keys.shape == (2, mk.proj_output_dim, mk.queue_size)
     assert cfg.data.num_large_crops == 2 and cfg.data.num_small_crops == 0
 
 
@@ -261,12 +261,12 @@ def test_cpu_devices_string_counts_processes_for_parse_cfg_and_lightning(
 
 BAD_CONFIGS = [
     (
-        ["method_kwargs.queue_size=100"],
-        "method_kwargs.queue_size must be a positive multiple of the global batch size",
+        ["method_kwargs.warmup_iters=-1"],
+        "method_kwargs.warmup_iters must be an integer >= 0 (0 disables it), got -1",
     ),
     (
-        ["method_kwargs.queue_size=272", 'devices="02"', "strategy=ddp"],
-        "global batch size (optimizer.batch_size x devices x num_nodes = 32), got 272",
+        ["method_kwargs.negative_mask=soft"],
+        "method_kwargs.negative_mask must be one of ['none', 'hard', 'hcsc'], got 'soft'",
     ),
     (
         ["method_kwargs.variance_scaling=sqrt"],

@@ -32,7 +32,7 @@ from solo_runs import (
 pytestmark = [requires_solo, pytest.mark.solo, pytest.mark.slow]
 
 STEPS = 8  # limit_train_batches of configs/pretrain/cpu/cueco.yaml, one epoch
-BANK_TENSORS = ("centroids", "variances", "usage", "counts", "last_active")
+BANK_TENSORS = ("centroids", "variances", "concentration", "usage", "last_active")
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +95,11 @@ def test_main_pretrain_checkpoint_holds_bank_queue_and_schedule(smoke_checkpoint
     assert torch.allclose(state["bank.centroids"].norm(dim=1), torch.ones(k), atol=1e-4)
     assert (state["bank.variances"] > 0).all()
     extra = state["bank._extra_state"]
-    # seeded at step 0, re-seeded at step reset_interval=6, one bank step per optimiser step
+    # seeded at step 0, re-seeded at step recluster_interval=6, one bank step per optimiser step
     assert extra["num_updates"] == STEPS
-    assert extra["num_seeds"] == 2 and extra["last_seed_update"] == mk["reset_interval"]
-    assert state["key_queue.queue"].shape == (2, d, mk["queue_size"])
-    queue_extra = state["key_queue._extra_state"]
+    assert extra["num_clusterings"] == 2 and extra["last_cluster_update"] == mk["recluster_interval"]
+    assert state["queue.keys"].shape == (2, d, mk["queue_size"])
+    queue_extra = state["queue._extra_state"]
     assert queue_extra["num_filled"] == STEPS * args["optimizer"]["batch_size"]
 
 
@@ -213,7 +213,7 @@ def test_main_pretrain_resumed_from_checkpoint_equals_uninterrupted_run(
     """2N steps in one run == its checkpoint after N steps resumed (resume_from_checkpoint) for N
     more: same bank, queue, weights and per-step losses. Deterministic views, strategy=ddp on
     one process (its DistributedSampler seeds the order per epoch) and constant lr/tau make the
-    two runs see the same batches; freeze_iters=2, reset_interval=4 put a re-seed after the
+    two runs see the same batches; freeze_iters=2, recluster_interval=4 put a re-seed after the
     resume point."""
     n = 3
     common = [
@@ -224,7 +224,7 @@ def test_main_pretrain_resumed_from_checkpoint_equals_uninterrupted_run(
         'devices="1"',
         f"limit_train_batches={n}",
         "optimizer.batch_size=8",
-        "method_kwargs.reset_interval=4",
+        "method_kwargs.recluster_interval=4",
         *DETERMINISTIC_VIEWS,
     ]
     train = small_cifar / "train"
@@ -252,7 +252,7 @@ def test_main_pretrain_resumed_from_checkpoint_equals_uninterrupted_run(
     a = load_checkpoint(last)
     b = load_checkpoint(checkpoints(tmp_path / "resumed")[-1])
     assert a["global_step"] == b["global_step"] == 2 * n
-    assert a["state_dict"]["bank._extra_state"]["num_seeds"] == 2
+    assert a["state_dict"]["bank._extra_state"]["num_clusterings"] == 2
     assert set(a["state_dict"]) == set(b["state_dict"])
     for key, value in a["state_dict"].items():
         if isinstance(value, torch.Tensor):

@@ -19,7 +19,7 @@ from torch.utils.data import Subset
 from torchvision import transforms
 
 from cueco_plugin import register
-from cueco_plugin.cluster_metrics import cluster_metrics
+from cueco_plugin.metrics import cluster_scores, contingency_table
 
 try:
     from solo.data import classification_dataloader as cls_data
@@ -48,7 +48,7 @@ def make_cfg(dataset_root: Path, **method_kwargs: Any) -> Any:
         "queue_size": 8 * BATCH,
         "num_clusters": NUM_CLUSTERS,
         "freeze_iters": 2,
-        "reset_interval": 6,
+        "recluster_interval": 6,
         "dead_cluster_steps": 4,
         "lloyd_iters": 3,
     }
@@ -180,12 +180,12 @@ class BankRecorder(Callback):
     def __init__(self) -> None:
         self.centroids: list[torch.Tensor] = []
         self.num_updates: list[int] = []
-        self.num_seeds: list[int] = []
+        self.num_clusterings: list[int] = []
 
     def _record(self, pl_module: Any) -> None:
         self.centroids.append(pl_module.bank.centroids.detach().clone())
         self.num_updates.append(pl_module.bank.num_updates)
-        self.num_seeds.append(pl_module.bank.num_seeds)
+        self.num_clusterings.append(pl_module.bank.num_clusterings)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._record(pl_module)
@@ -222,23 +222,23 @@ def test_fit_logs_losses_cluster_health_and_validation_metrics_following_the_sch
 
     assert trainer.global_step == 8
     bank = model.bank
-    # one bank update per optimiser step; seeded at step 0 and re-seeded at reset_interval=6
+    # one bank update per optimiser step; seeded at step 0 and re-seeded at recluster_interval=6
     assert bank.num_updates == 8
     assert recorder.num_updates == list(range(9))
-    assert recorder.num_seeds == [0, 1, 1, 1, 1, 1, 1, 2, 2]
-    assert bank.last_seed_update == 6
+    assert recorder.num_clusterings == [0, 1, 1, 1, 1, 1, 1, 2, 2]
+    assert bank.last_cluster_update == 6
     # centroids move by momentum on every step without a re-seed (after steps 1..6)
     for before, after in zip(recorder.centroids[1:6], recorder.centroids[2:7]):
         assert not torch.allclose(before, after)
     torch.testing.assert_close(bank.centroids.norm(dim=1), torch.ones(NUM_CLUSTERS))
     # the queue holds 8 steps x 8 keys per view = all 64 slots
-    assert model.key_queue.num_filled == 64 and model.key_queue.ptr == 0
+    assert model.queue.num_filled == 64 and model.queue.ptr == 0
 
     rows = read_metrics(trainer)
     nce = step_rows(rows, "train_nce_loss")
     centroid = step_rows(rows, "train_centroid_loss")
     variance = step_rows(rows, "train_variance_loss")
-    active = step_rows(rows, "train_cluster_losses_active")
+    active = step_rows(rows, "train_cluster_weight")
     assert sorted(nce) == list(range(8))
     for values in (nce, centroid, variance):
         assert all(math.isfinite(v) for v in values.values())
@@ -269,7 +269,10 @@ def test_fit_logs_losses_cluster_health_and_validation_metrics_following_the_sch
     model.eval()
     with torch.no_grad():
         pairs = [(bank.assign(model(x)["z"]), y) for x, y in val_loader]
-    expected = cluster_metrics(torch.cat([p for p, _ in pairs]), torch.cat([y for _, y in pairs]))
+    table = contingency_table(
+        torch.cat([p for p, _ in pairs]), torch.cat([y for _, y in pairs]), NUM_CLUSTERS, 10
+    )
+    expected = cluster_scores(table)
     assert sum(len(y) for _, y in pairs) == 50
     assert scores["val_cluster_acc"] == pytest.approx(expected["acc"], abs=1e-6)
     assert scores["val_cluster_acc_m2o"] == pytest.approx(expected["acc_m2o"], abs=1e-6)
@@ -280,7 +283,7 @@ def test_gradient_accumulation_moves_the_bank_once_per_optimiser_step(
     tmp_path: Path, cifar_folder: Path, cueco_cls: Any
 ) -> None:
     seed_everything(1)
-    cfg = make_cfg(cifar_folder, freeze_iters=0, reset_interval=0, dead_cluster_steps=0)
+    cfg = make_cfg(cifar_folder, freeze_iters=0, recluster_interval=0, dead_cluster_steps=0)
     cfg.accumulate_grad_batches = 2
     model = cueco_cls(cfg)
     train_loader, _ = make_loaders(cfg, with_val=False)
@@ -300,8 +303,8 @@ def test_gradient_accumulation_moves_the_bank_once_per_optimiser_step(
     assert model.bank.num_updates == 4
     # the bank moved only on the micro-batches that stepped the optimiser
     assert recorder.num_updates == [0, 0, 1, 1, 2, 2, 3, 3, 4]
-    # and no key was lost: 8 micro-batches x 2 views x 8 keys went into the bank
-    assert int(model.bank.counts.sum()) == 8 * 2 * BATCH
+    # and no key was lost: the last step applied its 2 micro-batches x 2 views x 8 keys
+    assert int(model.bank.last_counts.sum()) == 2 * 2 * BATCH
 
 
 def test_query_assignment_and_multiply_scaling_train_with_finite_cluster_losses(
@@ -313,7 +316,7 @@ def test_query_assignment_and_multiply_scaling_train_with_finite_cluster_losses(
         assignment_source="query",
         variance_scaling="multiply",
         freeze_iters=0,
-        reset_interval=0,
+        recluster_interval=0,
     )
     model = cueco_cls(cfg)
     train_loader, _ = make_loaders(cfg, with_val=False)
@@ -361,7 +364,7 @@ def test_resumed_run_equals_uninterrupted_run(
 ) -> None:
     n = 4
     # re-seed at step 5 (after the resume point) so the schedule must survive the checkpoint
-    method_kwargs = {"freeze_iters": 1, "reset_interval": 5, "dead_cluster_steps": 2}
+    method_kwargs = {"freeze_iters": 1, "recluster_interval": 5, "dead_cluster_steps": 2}
 
     def run(callbacks: list, name: str, ckpt_path: str | None = None) -> tuple[Any, Any]:
         seed_everything(0)
@@ -388,20 +391,21 @@ def test_resumed_run_equals_uninterrupted_run(
     half_trainer.save_checkpoint(str(ckpt))
     stored = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     assert stored["bank._extra_state"]["num_updates"] == n
-    assert stored["key_queue._extra_state"]["num_filled"] == n * BATCH
+    assert stored["queue._extra_state"]["num_filled"] == n * BATCH
 
     resumed, resumed_trainer = run([SeedEachEpoch(first_epoch=1)], "resumed", str(ckpt))
 
     assert full_trainer.global_step == resumed_trainer.global_step == 2 * n
     assert full.bank.get_extra_state() == resumed.bank.get_extra_state()
-    assert full.bank.num_updates == 2 * n and full.bank.num_seeds == 2
-    assert full.key_queue.get_extra_state() == resumed.key_queue.get_extra_state()
+    assert full.bank.num_updates == 2 * n and full.bank.num_clusterings == 2
+    assert full.queue.get_extra_state() == resumed.queue.get_extra_state()
     exact = dict(rtol=1e-5, atol=1e-6)
-    for name in ("centroids", "variances", "usage", "counts", "last_active"):
+    for name in ("centroids", "variances", "concentration", "usage", "last_active"):
         torch.testing.assert_close(
             getattr(full.bank, name), getattr(resumed.bank, name), **exact, msg=name
         )
-    torch.testing.assert_close(full.key_queue.queue, resumed.key_queue.queue, **exact)
+    torch.testing.assert_close(full.queue.keys, resumed.queue.keys, **exact)
+    torch.testing.assert_close(full.queue.labels, resumed.queue.labels, rtol=0, atol=0)
     for (key, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         if isinstance(a, torch.Tensor):
             torch.testing.assert_close(a, b, **exact, msg=key)
@@ -422,7 +426,7 @@ BAD_METHOD_KWARGS = [
     ("proj_hidden_dim", 2.5, "an integer >= 1"),
     ("temperature", 0.0, "a finite number > 0"),
     ("centroid_temperature", -0.1, "a finite number > 0"),
-    ("queue_size", 60, "multiple of the global batch size"),
+    ("queue_size", 0, "an integer >= 1"),
     ("num_clusters", 1, "an integer >= 2"),
     ("lambda_variance", -1.0, "a finite number >= 0"),
     ("centroid_momentum", 1.0, "a number in [0, 1)"),
@@ -431,7 +435,17 @@ BAD_METHOD_KWARGS = [
     ("variance_eps", 0, "a finite number > 0"),
     ("assignment_source", "momentum", "one of ['key', 'query']"),
     ("freeze_iters", -1, "an integer >= 0"),
-    ("reset_interval", 5, "freeze_iters must be smaller than method_kwargs.reset_interval"),
+    ("recluster_interval", 5, "freeze_iters must be smaller than method_kwargs.recluster_interval"),
+    ("warmup_iters", -3, "an integer >= 0"),
+    ("ramp_iters", 1.5, "an integer >= 0"),
+    ("recluster_init", "random", "one of ['warm', 'kmeans++']"),
+    ("targets", "soft", "one of ['hard', 'sinkhorn']"),
+    ("sinkhorn_iters", 0, "an integer >= 1"),
+    ("sinkhorn_epsilon", float("inf"), "a finite number > 0"),
+    ("temperature_mode", "pcl", "one of ['fixed', 'concentration']"),
+    ("negative_mask", True, "one of ['none', 'hard', 'hcsc']"),
+    ("stop_on_collapse", "yes", "true or false"),
+    ("collapse_threshold", -1, "a finite number >= 0"),
     ("dead_cluster_steps", True, "an integer >= 0"),
     ("lloyd_iters", "ten", "an integer >= 0"),
     ("num_clusterz", 10, "unknown key"),
@@ -442,7 +456,7 @@ BAD_METHOD_KWARGS = [
 def test_bad_method_kwargs_raise_value_error_naming_key_value_and_allowed(
     tmp_path: Path, cueco_cls: Any, key: str, value: Any, allowed: str
 ) -> None:
-    method_kwargs = {"freeze_iters": 5, "reset_interval": 100, key: value}
+    method_kwargs = {"freeze_iters": 5, "recluster_interval": 100, key: value}
     with pytest.raises(ValueError) as info:
         cueco_cls.add_and_assert_specific_cfg(make_cfg(tmp_path, **method_kwargs))
     message = str(info.value)
@@ -459,22 +473,8 @@ def test_all_zero_lambdas_are_rejected(tmp_path: Path, cueco_cls: Any) -> None:
         cueco_cls.add_and_assert_specific_cfg(cfg)
 
 
-def test_queue_size_must_be_a_multiple_of_the_batch_times_devices_and_nodes(
-    tmp_path: Path, cueco_cls: Any
-) -> None:
-    cfg = make_cfg(tmp_path, queue_size=48)  # 48 = 6 x 8: fine for one device
-    cueco_cls.add_and_assert_specific_cfg(cfg)
-    cfg = make_cfg(tmp_path, queue_size=48)
-    cfg.devices = [0, 1]  # solo-learn's list form: global batch 16 -> 48 is 3 x 16, fine
-    cueco_cls.add_and_assert_specific_cfg(cfg)
-    cfg = make_cfg(tmp_path, queue_size=48)
-    cfg.devices, cfg.num_nodes = [0, 1], 2  # global batch 32 does not divide 48
-    with pytest.raises(ValueError, match=r"queue_size .*\(optimizer.batch_size x devices x "):
-        cueco_cls.add_and_assert_specific_cfg(cfg)
-
-
 def test_defaults_fill_every_cueco_key(tmp_path: Path, cueco_cls: Any) -> None:
-    from cueco_plugin.method_config import CUECO_DEFAULTS
+    from cueco_plugin.config import CUECO_DEFAULTS
 
     cfg = make_cfg(tmp_path)
     del cfg.method_kwargs["dead_cluster_steps"]
@@ -494,7 +494,7 @@ def test_cluster_health_written_to_loggers_is_computed_on_the_step_it_is_written
     # log_every_n_steps=3 those are steps 2 and 5, and freeze_iters=2 turns the cluster
     # losses on exactly at step 2, so a stale (step-0) value would read 0 there
     seed_everything(2)
-    cfg = make_cfg(cifar_folder, freeze_iters=2, reset_interval=0, dead_cluster_steps=0)
+    cfg = make_cfg(cifar_folder, freeze_iters=2, recluster_interval=0, dead_cluster_steps=0)
     model = cueco_cls(cfg)
     train_loader, _ = make_loaders(cfg, with_val=False)
     trainer = make_trainer(
@@ -505,5 +505,157 @@ def test_cluster_health_written_to_loggers_is_computed_on_the_step_it_is_written
         trainer.fit(model, train_loader)
 
     rows = read_metrics(trainer)
-    assert step_rows(rows, "train_cluster_losses_active") == {2: 1.0, 5: 1.0}
+    assert step_rows(rows, "train_cluster_weight") == {2: 1.0, 5: 1.0}
     assert sorted(step_rows(rows, "train_nce_loss")) == [2, 5]
+
+
+def fit_steps(
+    tmp_path: Path, cueco_cls: Any, steps: int, callbacks: list | None = None, **kwargs: Any
+) -> tuple[Any, list[dict[str, str]]]:
+    """Fits a fresh CueCo for ``steps`` optimiser steps (no validation); returns the model and
+    the CSV rows Lightning logged on every step."""
+    trainer_kwargs = kwargs.pop("trainer", {})
+    seed_everything(3)
+    cfg = make_cfg(tmp_path, **kwargs)
+    model = cueco_cls(cfg)
+    train_loader, _ = make_loaders(cfg, with_val=False)
+    trainer = make_trainer(
+        tmp_path, callbacks, limit_train_batches=steps, limit_val_batches=0, **trainer_kwargs
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, train_loader)
+    return model, read_metrics(trainer)
+
+
+def test_warmup_keeps_cluster_losses_at_zero_then_seeds_the_bank_from_the_queue(
+    cifar_folder: Path, tmp_path: Path, cueco_cls: Any
+) -> None:
+    cfg_dir = tmp_path / "cfg"
+    cfg_dir.mkdir()
+    for name in ("train", "val"):
+        (cfg_dir / name).symlink_to(cifar_folder / name)
+    model, rows = fit_steps(
+        cfg_dir, cueco_cls, 6, warmup_iters=3, freeze_iters=0, recluster_interval=0
+    )
+    centroid = step_rows(rows, "train_centroid_loss")
+    variance = step_rows(rows, "train_variance_loss")
+    assert [centroid[s] for s in range(3)] == [0.0, 0.0, 0.0]
+    assert [variance[s] for s in range(3)] == [0.0, 0.0, 0.0]
+    assert all(centroid[s] > 0 and variance[s] > 0 for s in range(3, 6))
+    # seeded once, at the end of the warm-up, with the queue's 3 steps of real keys
+    assert model.bank.num_clusterings == 1 and model.bank.seed_update == 3
+    assert (model.queue.labels[:, : model.queue.num_filled] >= 0).all()
+
+
+def test_warm_reclustering_keeps_the_losses_on_and_ramp_raises_their_weight_linearly(
+    cifar_folder: Path, tmp_path: Path, cueco_cls: Any
+) -> None:
+    model, rows = fit_steps(
+        cifar_folder,
+        cueco_cls,
+        6,
+        warmup_iters=1,
+        freeze_iters=0,
+        ramp_iters=4,
+        recluster_interval=2,
+        recluster_init="warm",
+    )
+    weight = step_rows(rows, "train_cluster_weight")
+    assert [weight[s] for s in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    centroid = step_rows(rows, "train_centroid_loss")
+    assert all(centroid[s] > 0 for s in range(1, 6))
+    # seeded at step 1, re-clustered at steps 3 and 5, the losses never frozen
+    assert model.bank.num_clusterings == 3 and model.bank.last_cluster_update == 5
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"targets": "sinkhorn", "sinkhorn_queue_keys": 32},
+        {"temperature_mode": "concentration"},
+        {"negative_mask": "hard"},
+        {"negative_mask": "hcsc"},
+    ],
+    ids=lambda v: "-".join(str(x) for x in v.values()),
+)
+def test_each_variant_trains_with_finite_positive_losses(
+    tmp_path: Path, cifar_folder: Path, cueco_cls: Any, variant: dict[str, Any]
+) -> None:
+    _, rows = fit_steps(
+        cifar_folder, cueco_cls, 3, freeze_iters=0, recluster_interval=0, **variant
+    )
+    for key in ("train_nce_loss", "train_centroid_loss", "train_variance_loss"):
+        values = step_rows(rows, key)
+        assert sorted(values) == [0, 1, 2]
+        assert all(math.isfinite(v) and v > 0 for v in values.values()), (key, values)
+
+
+class SkipRecorder(Callback):
+    """Records, per optimiser step, whether the GradScaler skipped it and the centroids before
+    and after the bank's step (callbacks' on_train_batch_end runs before the module's)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[bool, torch.Tensor]] = []
+        self.after: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.after.append(pl_module.bank.centroids.clone())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        skipped = pl_module._skipped
+        self.rows.append((bool(skipped) if skipped is not None else False, None))
+
+
+def test_bank_does_not_move_on_an_optimiser_step_the_grad_scaler_skipped(
+    tmp_path: Path, cifar_folder: Path, cueco_cls: Any
+) -> None:
+    from lightning.pytorch.plugins.precision import MixedPrecisionPlugin
+
+    # a huge initial loss scale makes the first steps overflow: the scaler skips them
+    scaler = torch.amp.GradScaler(
+        "cpu", init_scale=2.0**40, backoff_factor=2.0**-8, growth_interval=1000
+    )
+    plugin = MixedPrecisionPlugin("16-mixed", device="cpu", scaler=scaler)
+    recorder = SkipRecorder()
+    model, _ = fit_steps(
+        cifar_folder,
+        cueco_cls,
+        8,
+        [recorder],
+        freeze_iters=0,
+        recluster_interval=0,
+        dead_cluster_steps=0,
+        trainer={"plugins": [plugin]},
+    )
+    skipped = [row[0] for row in recorder.rows]
+    states = recorder.after[1:] + [model.bank.centroids]
+    assert any(skipped) and not all(skipped), skipped
+    for step, was_skipped in enumerate(skipped):
+        if step == 0:  # seeded in step 0's training_step, after the first record
+            continue
+        moved = not torch.equal(recorder.after[step], states[step])
+        assert moved != was_skipped, (step, skipped)
+
+
+def test_bf16_run_with_a_non_finite_key_keeps_the_bank_finite(
+    tmp_path: Path, cifar_folder: Path, cueco_cls: Any
+) -> None:
+    class PoisonOneKey(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if batch_idx == 2:  # a NaN image gives NaN keys for that sample
+                batch[1][1][0].fill_(float("nan"))
+
+    model, rows = fit_steps(
+        cifar_folder,
+        cueco_cls,
+        5,
+        [PoisonOneKey()],
+        freeze_iters=0,
+        recluster_interval=2,
+        trainer={"precision": "bf16-mixed"},
+    )
+    assert model.bank.num_clusterings == 3  # re-seeded from a queue that held the NaN keys
+    for name in ("centroids", "variances", "concentration", "usage"):
+        assert torch.isfinite(getattr(model.bank, name)).all(), name
+    assert torch.isfinite(model.queue.keys).all()

@@ -49,7 +49,7 @@ class RankProbe(Callback):
             "global_step": trainer.global_step,
             "steps": self.steps,
         }
-        for name, attr in (("bank", "bank"), ("queue", "key_queue"), ("backbone", "backbone")):
+        for name, attr in (("bank", "bank"), ("queue", "queue"), ("backbone", "backbone")):
             module = getattr(pl_module, attr, None)
             if module is not None:
                 state[name] = dict(module.state_dict())
