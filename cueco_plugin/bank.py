@@ -119,7 +119,6 @@ class CentroidBank(nn.Module):
     concentration: torch.Tensor
     usage: torch.Tensor
     last_active: torch.Tensor
-    last_counts: torch.Tensor
 
     def __init__(
         self,
@@ -163,8 +162,6 @@ class CentroidBank(nn.Module):
         self.register_buffer("usage", torch.full((k,), 1.0 / k))
         # the step at which each cluster last had a member (or was revived)
         self.register_buffer("last_active", torch.zeros(k, dtype=torch.long))
-        # members of each cluster in the last applied global batch (logging only)
-        self.register_buffer("last_counts", torch.zeros(k), persistent=False)
         # (K, D + 2) statistics of this rank since the last step(): a plain attribute, since
         # DDP's buffer broadcast would overwrite per-rank state held in a buffer
         self._pending: torch.Tensor | None = None
@@ -271,7 +268,6 @@ class CentroidBank(nn.Module):
         share = torch.where(counts.sum() > 0, counts / counts.sum().clamp_min(1.0), self.usage)
         self.usage.lerp_(share, 1.0 - self.centroid_momentum)
         self.last_active.masked_fill_(has, self.num_updates)
-        self.last_counts.copy_(counts)
         if self.dead_cluster_steps > 0 and self.num_updates % self.revive_check_interval == 0:
             self._revive_dead_clusters(counts)
 
@@ -306,13 +302,22 @@ class CentroidBank(nn.Module):
         )
         self.last_active.masked_fill_(dead, self.num_updates)
 
-    def health(self) -> dict[str, torch.Tensor]:
-        """Cluster-health values for logging (tensors, no sync): clusters with members in the
-        last global batch, the normalised entropy of the usage, the mean running variance."""
+    def health(self, assignments: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Cluster-health values for logging (tensors, no sync).
+
+        Args:
+            assignments: (N,) int64 clusters of the current global batch's keys.
+
+        Returns:
+            ``live_clusters`` (clusters with at least one member in ``assignments``; a revived
+            cluster without members does not count), ``usage_entropy`` (normalised entropy of
+            the running usage, 1 = uniform) and ``mean_variance``.
+        """
+        members = torch.zeros(self.num_clusters, device=assignments.device)
         usage = self.usage / self.usage.sum().clamp_min(1e-12)
         entropy = -(usage * usage.clamp_min(1e-12).log()).sum() / math.log(self.num_clusters)
         return {
-            "live_clusters": (self.last_counts > 0).sum().float(),
+            "live_clusters": members.index_fill_(0, assignments, 1.0).sum(),
             "usage_entropy": entropy,
             "mean_variance": self.variances.mean(),
         }

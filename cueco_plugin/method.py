@@ -37,7 +37,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from solo.losses.mocov2plus import mocov2plus_loss_func
 from solo.methods.base import BaseMomentumMethod
 from solo.utils.misc import gather, omegaconf_select
-from solo.utils.momentum import initialize_momentum_params
+from solo.utils.momentum import MomentumUpdater, initialize_momentum_params
 
 from cueco_plugin.bank import CentroidBank
 from cueco_plugin.config import add_and_validate_method_kwargs
@@ -112,6 +112,18 @@ class KeyQueue(nn.Module):
             self.labels[:, : self.num_filled] = bank.assign(filled).view(v, -1)
 
 
+class ForeachMomentumUpdater(MomentumUpdater):
+    """solo-learn's EMA update ``mp <- tau mp + (1 - tau) op`` as three multi-tensor kernels
+    instead of about three per parameter; the same roundings, so the same numbers."""
+
+    @torch.no_grad()
+    def update(self, online_net: nn.Module, momentum_net: nn.Module) -> None:
+        momentum = [p.data for p in momentum_net.parameters()]
+        online = [p.data for p in online_net.parameters()]
+        torch._foreach_mul_(momentum, self.cur_tau)
+        torch._foreach_add_(momentum, torch._foreach_mul(online, 1 - self.cur_tau))
+
+
 def _projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     """MoCo V2+'s two-layer MLP projector."""
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
@@ -131,6 +143,9 @@ class CueCo(BaseMomentumMethod):
         what it allows: ``cueco_plugin.config.CUECO_DEFAULTS`` and docs/options.md.
         """
         super().__init__(cfg)
+        self.momentum_updater = ForeachMomentumUpdater(
+            cfg.momentum.base_tau, cfg.momentum.final_tau
+        )
         mk = cfg.method_kwargs
         self.mk = mk
         dim = mk.proj_output_dim
@@ -313,7 +328,7 @@ class CueCo(BaseMomentumMethod):
         loss = self.mk.lambda_nce * nce_loss + weight * (
             self.mk.lambda_centroid * centroid_loss + self.mk.lambda_variance * variance_loss
         )
-        self._log_training(nce_loss, centroid_loss, variance_loss, weight, gathered)
+        self._log_training(nce_loss, centroid_loss, variance_loss, weight, gathered, assign)
         return loss + out["loss"]
 
     def _is_logging_step(self) -> bool:
@@ -329,6 +344,7 @@ class CueCo(BaseMomentumMethod):
         variance_loss: torch.Tensor,
         weight: float,
         gathered: torch.Tensor,
+        assign: torch.Tensor,
     ) -> None:
         """Per-step losses (this rank's, no all-reduce per step); on logging steps the bank's
         health and the spread of the gathered keys (the same on every rank, so no sync either),
@@ -346,7 +362,11 @@ class CueCo(BaseMomentumMethod):
         if self._trainer is None or not self._is_logging_step():
             return
         feature_std = gathered.float().std(dim=1).mean()
-        health = {f"train_{name}": value for name, value in self.bank.health().items()}
+        if self.bank.seeded:
+            health = self.bank.health(assign.view(-1))
+        else:  # the warm-up: no clusters yet
+            health = {"live_clusters": 0.0, "usage_entropy": 0.0, "mean_variance": 0.0}
+        health = {f"train_{name}": value for name, value in health.items()}
         health["train_cluster_weight"] = weight
         health["train_feature_std"] = feature_std
         self.log_dict(health, on_step=True, on_epoch=False)

@@ -181,6 +181,7 @@ class BankRecorder(Callback):
         self.centroids: list[torch.Tensor] = []
         self.num_updates: list[int] = []
         self.num_clusterings: list[int] = []
+        self.pending: list[int] = []
 
     def _record(self, pl_module: Any) -> None:
         self.centroids.append(pl_module.bank.centroids.detach().clone())
@@ -189,6 +190,10 @@ class BankRecorder(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._record(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        pending = pl_module.bank._pending  # the keys the bank will apply at this optimiser step
+        self.pending.append(0 if pending is None else int(pending[:, -2].sum()))
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._record(pl_module)
@@ -303,8 +308,8 @@ def test_gradient_accumulation_moves_the_bank_once_per_optimiser_step(
     assert model.bank.num_updates == 4
     # the bank moved only on the micro-batches that stepped the optimiser
     assert recorder.num_updates == [0, 0, 1, 1, 2, 2, 3, 3, 4]
-    # and no key was lost: the last step applied its 2 micro-batches x 2 views x 8 keys
-    assert int(model.bank.last_counts.sum()) == 2 * 2 * BATCH
+    # and no key was lost: each optimiser step applies its 2 micro-batches x 2 views x 8 keys
+    assert recorder.pending == [2 * BATCH, 4 * BATCH] * 4  # 2 views x 8 keys per micro-batch
 
 
 def test_query_assignment_and_multiply_scaling_train_with_finite_cluster_losses(
@@ -582,9 +587,7 @@ def test_warm_reclustering_keeps_the_losses_on_and_ramp_raises_their_weight_line
 def test_each_variant_trains_with_finite_positive_losses(
     tmp_path: Path, cifar_folder: Path, cueco_cls: Any, variant: dict[str, Any]
 ) -> None:
-    _, rows = fit_steps(
-        cifar_folder, cueco_cls, 3, freeze_iters=0, recluster_interval=0, **variant
-    )
+    _, rows = fit_steps(cifar_folder, cueco_cls, 3, freeze_iters=0, recluster_interval=0, **variant)
     for key in ("train_nce_loss", "train_centroid_loss", "train_variance_loss"):
         values = step_rows(rows, key)
         assert sorted(values) == [0, 1, 2]
@@ -592,19 +595,18 @@ def test_each_variant_trains_with_finite_positive_losses(
 
 
 class SkipRecorder(Callback):
-    """Records, per optimiser step, whether the GradScaler skipped it and the centroids before
-    and after the bank's step (callbacks' on_train_batch_end runs before the module's)."""
+    """Records the centroids before each batch and whether the GradScaler skipped that step
+    (callbacks' on_train_batch_end runs before the module's, which resets the flag)."""
 
     def __init__(self) -> None:
-        self.rows: list[tuple[bool, torch.Tensor]] = []
-        self.after: list[torch.Tensor] = []
+        self.skipped: list[bool] = []
+        self.before: list[torch.Tensor] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.after.append(pl_module.bank.centroids.clone())
+        self.before.append(pl_module.bank.centroids.clone())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        skipped = pl_module._skipped
-        self.rows.append((bool(skipped) if skipped is not None else False, None))
+        self.skipped.append(pl_module._skipped is not None and bool(pl_module._skipped))
 
 
 def test_bank_does_not_move_on_an_optimiser_step_the_grad_scaler_skipped(
@@ -628,14 +630,12 @@ def test_bank_does_not_move_on_an_optimiser_step_the_grad_scaler_skipped(
         dead_cluster_steps=0,
         trainer={"plugins": [plugin]},
     )
-    skipped = [row[0] for row in recorder.rows]
-    states = recorder.after[1:] + [model.bank.centroids]
+    skipped = recorder.skipped
+    after = recorder.before[1:] + [model.bank.centroids]
     assert any(skipped) and not all(skipped), skipped
-    for step, was_skipped in enumerate(skipped):
-        if step == 0:  # seeded in step 0's training_step, after the first record
-            continue
-        moved = not torch.equal(recorder.after[step], states[step])
-        assert moved != was_skipped, (step, skipped)
+    for step in range(1, len(skipped)):  # step 0 seeds the bank inside its training_step
+        moved = not torch.equal(recorder.before[step], after[step])
+        assert moved != skipped[step], (step, skipped)
 
 
 def test_bf16_run_with_a_non_finite_key_keeps_the_bank_finite(
@@ -659,3 +659,24 @@ def test_bf16_run_with_a_non_finite_key_keeps_the_bank_finite(
     for name in ("centroids", "variances", "concentration", "usage"):
         assert torch.isfinite(getattr(model.bank, name)).all(), name
     assert torch.isfinite(model.queue.keys).all()
+
+
+def test_foreach_momentum_update_equals_solo_learns_loop_bit_for_bit() -> None:
+    import torchvision
+    from solo.utils.momentum import MomentumUpdater
+
+    from cueco_plugin.method import ForeachMomentumUpdater
+
+    torch.manual_seed(0)
+    online = torchvision.models.resnet18()
+    theirs, ours = torchvision.models.resnet18(), torchvision.models.resnet18()
+    ours.load_state_dict(theirs.state_dict())
+    solo_updater, foreach_updater = MomentumUpdater(0.99, 1.0), ForeachMomentumUpdater(0.99, 1.0)
+    for step in range(3):
+        for updater in (solo_updater, foreach_updater):
+            updater.update_tau(step, 10)
+        solo_updater.update(online, theirs)
+        foreach_updater.update(online, ours)
+    for (name, a), b in zip(theirs.named_parameters(), ours.parameters()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(next(theirs.parameters()), next(online.parameters()))
