@@ -174,10 +174,12 @@ class CentroidBank(nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> CentroidBank:
         """Moves with the model but keeps float32 state under ``.half()`` / bf16 casts: a 1 %
         momentum step would vanish in half-precision rounding."""
+        kept = {n: b for n, b in self._buffers.items() if b is not None and b.is_floating_point()}
         super()._apply(fn, recurse)
-        for name, buf in self._buffers.items():
-            if buf is not None and buf.is_floating_point() and buf.dtype != torch.float32:
-                self._buffers[name] = buf.float()
+        for name, old in kept.items():
+            new = self._buffers[name]
+            if new.dtype != torch.float32:  # not rounded through half precision on the way
+                self._buffers[name] = old.to(device=new.device, dtype=torch.float32)
         return self
 
     def get_extra_state(self) -> dict[str, int]:

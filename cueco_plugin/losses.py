@@ -12,6 +12,8 @@ Shapes: ``query`` / ``key`` (B, D) L2-normalised; ``centroids`` (K, D); ``varian
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -43,7 +45,7 @@ def infonce_loss(
     """
     with _fp32(query.device):
         q = query.float()
-        pos = (q * key.detach().float()).sum(dim=1, keepdim=True)
+        pos = torch.einsum("nc,nc->n", q, key.detach().float()).unsqueeze(-1)
         neg = (q @ queue.detach().float()).masked_fill(negative_mask, float("-inf"))
         logits = torch.cat([pos, neg], dim=1) / temperature
         return F.cross_entropy(logits, logits.new_zeros(q.shape[0], dtype=torch.long))
@@ -120,15 +122,14 @@ def sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Ten
         (N, K) float32, each row a distribution over the K centroids, the columns summing to
         about N / K each (every centroid gets an equal share of the N features).
     """
-    with _fp32(scores.device):
-        logits = scores.float() / epsilon
-        q = torch.exp(logits - logits.max()).T  # (K, N)
-        q /= q.sum()
-        k, n = q.shape
+    with _fp32(scores.device):  # in the log domain: no underflow for a small epsilon
+        log_q = scores.float().T / epsilon  # (K, N)
+        k, n = log_q.shape
+        log_q = log_q - torch.logsumexp(log_q.reshape(-1), dim=0)
         for _ in range(iterations):
-            q /= q.sum(dim=1, keepdim=True) * k
-            q /= q.sum(dim=0, keepdim=True) * n
-        return (q * n).T
+            log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True) - math.log(k)
+            log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - math.log(n)
+        return (log_q + math.log(n)).exp().T
 
 
 @torch.no_grad()
@@ -163,4 +164,5 @@ def negative_mask(
         c = centroids.float()
         similarity = (c @ c.T).clamp_(0.0, 1.0)  # (K, K): cheap next to a (B, Q) product
         drop = similarity.index_select(0, targets).index_select(1, labels)
-        return labelled & (torch.rand_like(drop) < drop)
+        same = targets.unsqueeze(1) == labels.unsqueeze(0)
+        return labelled & (same | (torch.rand_like(drop) < drop))

@@ -54,19 +54,22 @@ from cueco_plugin.metrics import cluster_scores, contingency_table
 class KeyQueue(nn.Module):
     """MoCo's FIFO queue of keys per view, with each key's cluster (-1: none yet).
 
-    Buffers ``keys`` (V, D, Q), the layout ``mocov2plus_loss_func`` takes, and ``labels`` (V, Q);
-    the write pointer and fill count are host ints saved through the extra state, so enqueueing
-    reads nothing on the host. Starts with random unit vectors, as MoCo does.
+    Buffers ``keys`` (V, D, Q), the layout ``mocov2plus_loss_func`` takes, ``labels`` (V, Q) and
+    ``real`` (V, Q), which slots hold a real key; the write pointer and fill count are host ints
+    saved through the extra state, so enqueueing reads nothing on the host. Starts with random
+    unit vectors, as MoCo does.
     """
 
     keys: torch.Tensor
     labels: torch.Tensor
+    real: torch.Tensor
 
     def __init__(self, num_views: int, dim: int, size: int) -> None:
         super().__init__()
         self.size = size
         self.register_buffer("keys", F.normalize(torch.randn(num_views, dim, size), dim=1))
         self.register_buffer("labels", torch.full((num_views, size), -1, dtype=torch.long))
+        self.register_buffer("real", torch.zeros(num_views, size, dtype=torch.bool))
         self.ptr = 0
         self.num_filled = 0
 
@@ -89,13 +92,14 @@ class KeyQueue(nn.Module):
         self.keys.index_copy_(2, slots, torch.where(finite.unsqueeze(1), new, old))
         old_labels = self.labels.index_select(1, slots)
         self.labels.index_copy_(1, slots, torch.where(finite, labels, old_labels))
+        self.real.index_copy_(1, slots, self.real.index_select(1, slots) | finite)
         self.ptr = (self.ptr + n) % self.size
         self.num_filled = min(self.num_filled + n, self.size)
 
     def filled(self) -> torch.Tensor:
-        """The real keys held so far, all views: (V * num_filled, D). Slots fill from 0, so
-        until the queue is full they are the prefix; the random initial vectors never appear."""
-        return self.keys[:, :, : self.num_filled].permute(0, 2, 1).reshape(-1, self.keys.shape[1])
+        """The real keys held so far, all views: (N, D); the random initial vectors never
+        appear. Reads the mask on the host: for clusterings, not for every step."""
+        return self.keys.transpose(1, 2)[self.real]
 
     def recent(self, count: int) -> torch.Tensor:
         """The ``count`` most recently written real keys of each view: (V * n, D), n <= count."""
@@ -106,10 +110,9 @@ class KeyQueue(nn.Module):
     @torch.no_grad()
     def relabel(self, bank: CentroidBank) -> None:
         """Re-assigns every real key to the bank's current clusters (after a clustering)."""
-        v = self.keys.shape[0]
         filled = self.filled()
         if filled.shape[0]:
-            self.labels[:, : self.num_filled] = bank.assign(filled).view(v, -1)
+            self.labels[self.real] = bank.assign(filled)
 
 
 class ForeachMomentumUpdater(MomentumUpdater):
@@ -231,7 +234,7 @@ class CueCo(BaseMomentumMethod):
             self._deferred_seed_reported = True
             rank_zero_warn(
                 f"CueCo: seeding of the {self.bank.num_clusters} centroids deferred at step "
-                f"{self.bank.num_updates}: only {gathered.shape[0] + self.queue.num_filled * 2} "
+                f"{self.bank.num_updates}: only {gathered.shape[0] + int(self.queue.real.sum())} "
                 "real keys so far (need at least num_clusters); the cluster losses stay off "
                 "until the queue holds enough"
             )
@@ -288,7 +291,8 @@ class CueCo(BaseMomentumMethod):
         q = torch.cat(out["z"])  # (2B, D): [q1; q2]
         k = torch.cat(out["momentum_z"])  # (2B, D): [k1; k2]
         b = q.shape[0] // 2
-        gathered = torch.stack((gather(k[:b]), gather(k[b:])))  # (2, world x B, D)
+        # one all-gather of both views: (world x B, 2D) -> (2, world x B, D)
+        gathered = gather(torch.cat((k[:b], k[b:]), dim=1)).view(-1, 2, k.shape[1]).transpose(0, 1)
         local = slice(self.global_rank * b, (self.global_rank + 1) * b)
 
         bank = self.bank
@@ -357,7 +361,6 @@ class CueCo(BaseMomentumMethod):
             },
             on_step=True,
             on_epoch=False,
-            prog_bar=True,
         )
         if self._trainer is None or not self._is_logging_step():
             return

@@ -78,14 +78,19 @@ def methods() -> dict[str, Any]:
 
 def parse_pretrain(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """main_pretrain.py's steps before training: compose, parse_cfg, then the method's
-    add_and_assert_specific_cfg (which BaseMethod.__init__ calls)."""
-    from solo.args.pretrain import parse_cfg
+    add_and_assert_specific_cfg (which BaseMethod.__init__ calls). CIFAR through DALI runs
+    through ``python -m cueco_plugin.pretrain``, whose parse_cfg admits it; every other YAML
+    through solo-learn's own parse_cfg, as stock main_pretrain.py does."""
+    from solo.args.pretrain import parse_cfg as solo_parse_cfg
     from solo.methods import METHODS
 
     from cueco_plugin import register
+    from cueco_plugin.cli.pretrain import parse_cfg as dali_cifar_parse_cfg
 
     register()
-    cfg = parse_cfg(compose_config(path, overrides))
+    cfg = compose_config(path, overrides)
+    dali_cifar = cfg.data.format == "dali" and cfg.data.dataset in ("cifar10", "cifar100")
+    cfg = (dali_cifar_parse_cfg if dali_cifar else solo_parse_cfg)(cfg)
     return METHODS[cfg.method].add_and_assert_specific_cfg(cfg)
 
 
