@@ -277,6 +277,46 @@ class CueCo(BaseMomentumMethod):
             infonce_loss(q1, k2, queue[1], tau, m1) + infonce_loss(q2, k1, queue[0], tau, m2)
         ) / 2
 
+    def loss_terms(
+        self, q: torch.Tensor, k: torch.Tensor, gathered: torch.Tensor, local: slice
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, torch.Tensor]:
+        """Steps 3-6 of the module docstring for one micro-batch.
+
+        Args:
+            q: (2B, D) queries ``[q1; q2]``. k: (2B, D) keys ``[k1; k2]``.
+            gathered: (2, N, D) every rank's keys per view. local: this rank's rows of N.
+
+        Returns:
+            L1, L2, L3 (scalars), the schedule's weight on L2 and L3, and the gathered keys'
+            clusters (2, N) (-1 before the bank is seeded).
+        """
+        bank, mk = self.bank, self.mk
+        if bank.wants_clustering:  # host-side schedule: no sync
+            self._cluster(gathered.reshape(-1, gathered.shape[-1]).float())
+        weight = bank.loss_weight
+        if bank.seeded:
+            assign = bank.assign(gathered.reshape(-1, gathered.shape[-1])).view(2, -1)
+            targets, hard = self._targets(q, gathered, assign, local)
+        else:
+            assign = gathered.new_full(gathered.shape[:2], -1, dtype=torch.long)
+            targets = hard = None
+
+        nce_loss = self._nce_loss(q, k, hard)
+        if weight > 0:
+            concentration = mk.temperature_mode == "concentration"
+            temperature = bank.concentration if concentration else mk.centroid_temperature
+            centroid_loss = centroid_contrast_loss(q, bank.centroids, targets, temperature)
+            variance_loss = variance_scaled_distance_loss(
+                q, bank.centroids, bank.variances, hard, mk.variance_scaling, mk.variance_eps
+            )
+        else:
+            centroid_loss = variance_loss = nce_loss.new_zeros(())
+
+        if bank.seeded:
+            bank.accumulate(k, assign[:, local].reshape(-1))  # the keys' own clusters
+        self.queue.enqueue(gathered, assign)
+        return nce_loss, centroid_loss, variance_loss, weight, assign
+
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
         """Training step for CueCo reusing BaseMomentumMethod training step.
 
@@ -295,40 +335,9 @@ class CueCo(BaseMomentumMethod):
         gathered = gather(torch.cat((k[:b], k[b:]), dim=1)).view(-1, 2, k.shape[1]).transpose(0, 1)
         local = slice(self.global_rank * b, (self.global_rank + 1) * b)
 
-        bank = self.bank
-        if bank.wants_clustering:  # host-side schedule: no sync
-            self._cluster(gathered.reshape(-1, gathered.shape[-1]).float())
-        weight = bank.loss_weight
-        if bank.seeded:
-            assign = bank.assign(gathered.reshape(-1, gathered.shape[-1])).view(2, -1)
-            targets, hard = self._targets(q, gathered, assign, local)
-        else:
-            assign = gathered.new_full(gathered.shape[:2], -1, dtype=torch.long)
-            targets = hard = None
-
-        nce_loss = self._nce_loss(q, k, hard)
-        if weight > 0:
-            temperature = (
-                bank.concentration
-                if self.mk.temperature_mode == "concentration"
-                else self.mk.centroid_temperature
-            )
-            centroid_loss = centroid_contrast_loss(q, bank.centroids, targets, temperature)
-            variance_loss = variance_scaled_distance_loss(
-                q,
-                bank.centroids,
-                bank.variances,
-                hard,
-                self.mk.variance_scaling,
-                self.mk.variance_eps,
-            )
-        else:
-            centroid_loss = variance_loss = nce_loss.new_zeros(())
-
-        if bank.seeded:
-            bank.accumulate(k, assign[:, local].reshape(-1))  # the keys' own clusters
-        self.queue.enqueue(gathered, assign)
-
+        nce_loss, centroid_loss, variance_loss, weight, assign = self.loss_terms(
+            q, k, gathered, local
+        )
         loss = self.mk.lambda_nce * nce_loss + weight * (
             self.mk.lambda_centroid * centroid_loss + self.mk.lambda_variance * variance_loss
         )

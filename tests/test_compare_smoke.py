@@ -1,6 +1,6 @@
-"""A reduced form of ``benchmarks/compare.py --profile cpu-smoke``: the real harness end to end
-(real CIFAR-10 images, solo-learn's BYOL and MoCo V2+, CueCo and its ablation runs, real Lightning
-Trainers) on a tiny slice, then its outputs and its resume behaviour."""
+"""A reduced real run of the study harness ``benchmarks/study.py``: the MoCo V2+ control and one
+CueCo arm (solo-learn's real classes, real Lightning Trainers, real CIFAR-10 images) on a tiny
+slice, its table, CSV and plot, the second seed, the resume, the budget and its input checks."""
 
 from __future__ import annotations
 
@@ -11,164 +11,206 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import requires_solo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RUN_LABELS = {
-    "mocov2plus": "MoCo V2+ (solo-learn)",
-    "cueco": "CueCo L1+L2+L3",
-    "byol": "BYOL (solo-learn)",
-    "cueco-l1": "CueCo L1 only (ablation)",
-    "cueco-l1l2": "CueCo L1+L2 (ablation)",
-}
+COLUMNS = {"arm", "seed", "status", "knn_top1", "knn_delta", "linear_top1", "linear_delta"}
+ARMS = """\
+name: smoke_study
+profile: cpu-tiny
+seed: 5
+rerun_seed: 6
+arms:
+  mocov2plus: [method=mocov2plus]
+  cueco-soft: [method_kwargs.lambda_centroid=0.25, method_kwargs.centroid_temperature=0.2,
+               method_kwargs.lambda_variance=0, method_kwargs.freeze_iters=0]
+"""
 
 
-def _load_compare():
-    spec = importlib.util.spec_from_file_location(
-        "cueco_bench_compare", REPO_ROOT / "benchmarks" / "compare.py"
-    )
+def _study():
+    spec = importlib.util.spec_from_file_location("study", REPO_ROOT / "benchmarks" / "study.py")
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     spec.loader.exec_module(module)
     return module
 
 
-def _tiny_argv(out_dir: Path, data_dir: Path) -> list[str]:
+@pytest.fixture
+def one_thread():
+    """Runs the tiny study on one torch thread (steady on a loaded 2-core machine), then puts
+    the thread count back for the other tests of this process."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _argv(tmp_path: Path, data: Path, arms: str = ARMS, *extra: str) -> list[str]:
+    (tmp_path / "arms.yaml").write_text(arms)
     return [
-        "--profile",
-        "cpu-smoke",
+        "--arms",
+        str(tmp_path / "arms.yaml"),
         "--data-dir",
-        str(data_dir),
+        str(data),
         "--out-dir",
-        str(out_dir),
+        str(tmp_path / "out"),
         "--train-images",
-        "16",
+        "32",
         "--test-images",
         "100",
-        "--batch-size",
-        "8",
-        "--queue-size",
-        "16",
-        "--epochs",
+        "--threads",
         "1",
-        "--epoch-eval-train",
-        "16",
-        "--epoch-eval-test",
-        "100",
-        "--num-clusters",
-        "10",
-        "--freeze-iters",
-        "0",
-        "--reset-interval",
-        "0",
-        "--probe-iters",
-        "30",
-        "--kmeans-iters",
-        "3",
-        "--throughput-warmup-steps",
-        "0",
+        "--set",
+        "optimizer.batch_size=16",
+        "method_kwargs.queue_size=16",
+        "max_epochs=1",
+        *extra,
     ]
+
+
+def _rows(tmp_path: Path, name: str = "smoke_study") -> list[dict[str, str]]:
+    with open(tmp_path / "out" / name / "results.csv") as f:
+        return list(csv.DictReader(f))
 
 
 @requires_solo
 @pytest.mark.solo
 @pytest.mark.slow
-def test_compare_cpu_smoke_writes_table_csv_plots_with_finite_numbers_and_resumes(
-    tmp_path: Path, shared_datasets: Path
+def test_study_trains_both_arms_on_both_seeds_and_writes_table_csv_plot_then_resumes(
+    tmp_path: Path, shared_datasets: Path, one_thread: None
 ) -> None:
-    compare = _load_compare()
-    argv = _tiny_argv(tmp_path, shared_datasets / "cifar10")
-    assert compare.main(argv) == 0
+    study = _study()
+    argv = _argv(tmp_path, shared_datasets / "cifar10")
+    assert study.main(argv) == 0
 
-    out = tmp_path / "cpu-smoke"
+    rows = _rows(tmp_path)
+    assert COLUMNS | {"device"} <= set(rows[0])
+    pairs = [(r["arm"], r["seed"]) for r in rows]
+    assert pairs == [(arm, seed) for seed in "56" for arm in ("mocov2plus", "cueco-soft")]
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    control = {r["seed"]: r for r in rows if r["arm"] == "mocov2plus"}
+    for r in rows:
+        assert (r["status"], r["steps"], r["device"]) == ("ok", "2", device), r
+        for key in ("knn", "linear"):
+            value, delta = float(r[f"{key}_top1"]), float(r[f"{key}_delta"])
+            assert 0.0 <= value <= 100.0 and math.isfinite(delta), r
+            assert delta == pytest.approx(value - float(control[r["seed"]][f"{key}_top1"]))
+    assert float(control["5"]["knn_delta"]) == 0.0
+
+    out = tmp_path / "out" / "smoke_study"
     table = (out / "results.md").read_text()
     assert "Smoke result, not evidence" in table
-    for label in RUN_LABELS.values():
-        assert label in table
+    assert "| arm | seed | status | kNN top-1 (%) | Δ kNN vs mocov2plus |" in table
+    cueco6 = rows[3]
+    knn6 = f"{float(cueco6['knn_top1']):.2f} | {float(cueco6['knn_delta']):+.2f}"
+    assert f"| cueco-soft | 6 | ok | {knn6} |" in table
+    assert "best CueCo arm by kNN on seed 5 (`cueco-soft`)" in table
+    assert (out / "knn_per_epoch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runs = json.loads((out / "metadata.json").read_text())["runs"]
+    assert [[epoch for epoch, _ in r["history"]] for r in runs] == [[1]] * 4
+    assert (
+        runs[1]["method_kwargs"]["lambda_centroid"] == 0.25
+        and "num_clusters" not in runs[0]["method_kwargs"]
+    )
 
-    with open(out / "results.csv") as f:
-        rows = {row["run"]: row for row in csv.DictReader(f)}
-    assert set(rows) == set(RUN_LABELS)
-    for name, row in rows.items():
-        assert row["status"] == "ok", (name, row["status"])
-        assert row["steps"] == "2"
-        for col in ("throughput_img_s", "peak_mem_mib", "knn_top1", "linear_probe_top1"):
-            assert math.isfinite(float(row[col])), (name, col, row[col])
-        for col in ("kmeans_k_acc_1to1", "kmeans_k_acc_m2o", "kmeans_c_acc_1to1"):
-            assert 0.0 <= float(row[col]) <= 100.0, (name, col, row[col])
-        assert 0.0 <= float(row["kmeans_k_nmi"]) <= 1.0
-        # only CueCo runs have a centroid bank to score
-        assert (row["bank_acc_m2o"] != "") == name.startswith("cueco"), name
-
-    for png in ("accuracy_vs_epoch.png", "throughput.png"):
-        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-    meta = json.loads((out / "metadata.json").read_text())
-    assert meta["seed"] == 5 and meta["settings"]["epochs"] == 1
-    assert meta["machine"]["cpu_count"] >= 1 and meta["versions"]["torch"]
-    assert meta["data"]["train_images"] == 16 and meta["data"]["test_images"] == 100
-    for name in RUN_LABELS:
-        hist = meta["runs"][name]["history"]
-        assert [h["epoch"] for h in hist] == [1] and math.isfinite(hist[0]["knn_top1"])
-
-    # same command again: every run's results exist with the same settings, nothing retrains
-    stamps = {n: (out / "runs" / n / "result.json").stat().st_mtime_ns for n in RUN_LABELS}
-    assert compare.main(argv) == 0
-    assert stamps == {n: (out / "runs" / n / "result.json").stat().st_mtime_ns for n in RUN_LABELS}
+    # the same command again: every run finished with the same config, nothing trains
+    logs = sorted(out.glob("runs/*/metrics.csv"))
+    stamps = [p.stat().st_mtime_ns for p in logs]
+    assert len(logs) == 4 and study.main(argv) == 0
+    assert [p.stat().st_mtime_ns for p in logs] == stamps
+    assert [(r["arm"], r["seed"], r["knn_top1"]) for r in _rows(tmp_path)] == [
+        (r["arm"], r["seed"], r["knn_top1"]) for r in rows
+    ]
 
 
 @requires_solo
 @pytest.mark.solo
-@pytest.mark.slow
-def test_compare_records_a_failing_run_and_still_trains_the_others(
-    tmp_path: Path, shared_datasets: Path
+def test_study_starts_no_arm_past_its_budget_and_still_writes_the_table(
+    tmp_path: Path, shared_datasets: Path, one_thread: None
 ) -> None:
-    # batch 1 is a real failure for BYOL only: its projector's BatchNorm1d cannot train on one
-    # sample, while MoCo V2+'s projector has no BatchNorm
-    compare = _load_compare()
-    argv = [
-        *_tiny_argv(tmp_path, shared_datasets / "cifar10"),
-        "--methods",
-        "byol,mocov2plus",
-        "--train-images",
-        "2",
-        "--batch-size",
-        "1",
-        "--queue-size",
-        "2",
-        "--epoch-eval-train",
-        "2",
+    argv = _argv(tmp_path, shared_datasets / "cifar10", ARMS, "--budget-minutes", "1e-6")
+    assert _study().main(argv) == 1
+    rows = _rows(tmp_path)
+    assert [(r["arm"], r["seed"], r["status"]) for r in rows] == [
+        ("mocov2plus", "5", "skipped (budget)"),
+        ("cueco-soft", "5", "skipped (budget)"),
     ]
-    assert compare.main(argv) == 1
-
-    out = tmp_path / "cpu-smoke"
-    with open(out / "results.csv") as f:
-        rows = {row["run"]: row for row in csv.DictReader(f)}
-    assert rows["byol"]["status"].startswith("failed: ValueError")
-    assert "batch_norm" in (out / "runs" / "byol" / "error.txt").read_text()
-    assert rows["mocov2plus"]["status"] == "ok"
-    assert math.isfinite(float(rows["mocov2plus"]["knn_top1"]))
-    assert "failed: ValueError" in (out / "results.md").read_text()
+    assert (
+        "| cueco-soft | 5 | skipped (budget) | – |"
+        in (tmp_path / "out" / "smoke_study" / "results.md").read_text()
+    )
 
 
+@requires_solo
+@pytest.mark.solo
 @pytest.mark.parametrize(
-    ("extra", "message"),
+    ("arms", "extra", "message"),
     [
-        (["--methods", "mocov2plus,simclr"], "--methods has unknown run(s) ['simclr']"),
-        (["--batch-size", "24", "--queue-size", "32"], "--queue-size (32) must be a multiple"),
-        (["--epochs", "0"], "--epochs must be >= 1, got 0"),
-        (["--accelerator", "gpu"], "torch.cuda.is_available() is False"),
+        (ARMS.replace("smoke_study", "smoke"), [], "must contain 'study'"),
+        (ARMS.replace("mocov2plus: [method=mocov2plus]", ""), [], "control arm 'mocov2plus'"),
+        (ARMS.replace("cueco-soft:", "soft:"), [], "arm 'soft': names are 'mocov2plus' or"),
+        (
+            ARMS.replace("method_kwargs.freeze_iters", "+method_kwargs.freeze"),
+            [],
+            "key(s) ['freeze']",
+        ),
+        (ARMS.replace("freeze_iters=0", "freeze_iters=-1"), [], "freeze_iters must be"),
+        (
+            ARMS.replace("method_kwargs.freeze_iters=0", "method=mocov2plus"),
+            [],
+            "must build 'cueco'",
+        ),
+        (ARMS.replace("freeze_iters", "freeze_itrs"), [], "arm 'cueco-soft': Could not override"),
+        (ARMS, ["--profile", "gpu-long"], "--profile 'gpu-long' is not in"),
+        (ARMS, ["--set", "method_kwargs.queue_size=32"], "smaller than the training set"),
+        (ARMS, ["--only", "cueco-x"], "--only names unknown arm(s) ['cueco-x']"),
     ],
 )
-def test_compare_rejects_bad_options_before_training(
-    tmp_path: Path, extra: list[str], message: str
+def test_study_rejects_bad_arms_and_options_before_training(
+    tmp_path: Path, arms: str, extra: list[str], message: str
 ) -> None:
-    import torch
-
-    if "--accelerator" in extra and torch.cuda.is_available():
-        pytest.skip("a GPU is available here")
-    compare = _load_compare()
-    args = compare.build_parser().parse_args(["--profile", "cpu-smoke", *extra])
+    argv = _argv(tmp_path, tmp_path / "no-data", arms, *extra)
     with pytest.raises(ValueError) as info:
-        compare.resolve_settings(args)
+        _study().main(argv)
     assert message in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+@requires_solo
+@pytest.mark.solo
+def test_control_arm_is_solo_learns_mocov2plus_with_its_own_cifar_recipe(solo_root: Path) -> None:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from solo.args.pretrain import parse_cfg
+    from solo.methods import METHODS
+    from solo.methods.mocov2plus import MoCoV2Plus
+
+    _study()  # puts benchmarks/ on sys.path
+    from sslbench.configs import Profile
+    from sslbench.configs import compose as compose_arm
+
+    profile = Profile("recipe", "", REPO_ROOT / "configs/pretrain/cifar/cueco.yaml", 1, 1, (), {})
+    ours = compose_arm(profile, ["method=mocov2plus"], 50_000)
+    with initialize_config_dir(str(solo_root / "scripts/pretrain/cifar"), version_base="1.2"):
+        theirs = compose("mocov2plus.yaml")
+    OmegaConf.set_struct(theirs, False)
+    theirs = parse_cfg(theirs)
+    assert METHODS[ours.method] is MoCoV2Plus
+    for key in ("method_kwargs", "momentum", "optimizer", "scheduler", "backbone", "data.dataset"):
+        assert OmegaConf.select(ours, key) == OmegaConf.select(theirs, key), key
+    assert OmegaConf.to_container(ours.augmentations) == OmegaConf.to_container(
+        theirs.augmentations
+    )
+
+
+def test_best_cueco_arm_is_the_highest_knn_of_the_first_seed_among_finished_runs() -> None:
+    study = _study()
+    records = [
+        {"arm": "mocov2plus", "seed": 5, "status": "ok", "knn_top1": 90.0},
+        {"arm": "cueco-a", "seed": 5, "status": "ok", "knn_top1": 41.0},
+        {"arm": "cueco-b", "seed": 5, "status": "ok", "knn_top1": 43.0},
+        {"arm": "cueco-c", "seed": 5, "status": "failed: RuntimeError: x"},
+        {"arm": "cueco-d", "seed": 6, "status": "ok", "knn_top1": 99.0},
+    ]
+    assert study.best_cueco_arm(records, 5) == "cueco-b"
+    assert study.best_cueco_arm(records[:1], 5) is None

@@ -1,3 +1,3 @@
-"""Helpers of ``benchmarks/compare.py`` and ``benchmarks/step_overhead.py``: real CIFAR-10 from
-the ``.npz`` files, solo-learn configs built in code, timing callbacks, frozen-feature
-evaluation and the report writers. Nothing here is part of the ``cueco_plugin`` package."""
+"""Shared pieces of the benchmarks (not part of the ``cueco_plugin`` package): configs composed
+with Hydra from ``configs/``, the CIFAR-10 ``.npz`` data, frozen-backbone scores, the machine
+record."""
