@@ -180,10 +180,14 @@ class CueCo(BaseMomentumMethod):
     @staticmethod
     def add_and_assert_specific_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
         """solo-learn's momentum defaults, then CueCo's defaults and checks (ValueErrors naming
-        the key, the bad value and what is allowed)."""
+        the key, the bad value and what is allowed), then the auto-resume decision: the newest
+        complete checkpoint whose saved config matches (``cueco_plugin.runs``). The model is
+        built before ``main_pretrain.py`` reads ``auto_resume``, the last point to decide it."""
+        from cueco_plugin.runs import resolve_auto_resume
+
         cfg.momentum = omegaconf_select(cfg, "momentum", {})
         cfg = super(CueCo, CueCo).add_and_assert_specific_cfg(cfg)
-        return add_and_validate_method_kwargs(cfg)
+        return resolve_auto_resume(add_and_validate_method_kwargs(cfg))
 
     @property
     def learnable_params(self) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ Lightning's DDP launcher re-executes with the same config::
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 SOLO_LEARN_INSTALL_HINT = (
@@ -51,7 +52,9 @@ except ImportError:  # pragma: no cover - hydra-core is a dependency
 
 
 class RegisterCueCo(_HydraCallback):  # type: ignore[misc,valid-type]
-    """Hydra callback that calls :func:`register` before the run and before each job."""
+    """Hydra callback that calls :func:`register` before the run and before each job, and
+    checks each job's config first (:func:`cueco_plugin.preflight.preflight`): CueCo's named
+    errors, the data folders and the step count, before ``main_pretrain.py`` starts."""
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
         register()
@@ -60,4 +63,15 @@ class RegisterCueCo(_HydraCallback):  # type: ignore[misc,valid-type]
         register()
 
     def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        """Registers CueCo, then runs the pre-flight checks. Hydra turns an exception of a
+        callback into a warning and goes on, so a failed check prints its message and ends the
+        process here with exit status 2."""
         register()
+        from cueco_plugin.preflight import preflight
+
+        try:
+            preflight(config)
+        except ValueError as err:
+            message = f"CueCo pre-flight check failed: {err} ({type(err).__name__})"
+            print(message, file=sys.stderr, flush=True)
+            raise SystemExit(2) from None

@@ -1,12 +1,16 @@
-"""The CIFAR exporter writes real CIFAR pixels into a class-per-folder PNG tree, bit-exact."""
+"""The CIFAR exporter writes real CIFAR pixels into a class-per-folder PNG tree, bit-exact, read
+through torchvision's CIFAR classes or the shared .npz reader; it refuses labels outside its class
+names, and an interrupted export leaves no tree that looks complete."""
 
 from __future__ import annotations
 
 import json
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +95,7 @@ def test_several_npz_files_per_split_are_concatenated_in_order(real_test_split, 
 
 def _write_pickle(path: Path, payload: dict) -> None:
     with path.open("wb") as handle:
-        pickle.dump({k.encode(): v for k, v in payload.items()}, handle)
+        pickle.dump(payload, handle)  # str keys, as Python 3 reads the original batches
 
 
 def _torchvision_rows(images: np.ndarray) -> np.ndarray:
@@ -99,11 +103,12 @@ def _torchvision_rows(images: np.ndarray) -> np.ndarray:
     return images.transpose(0, 3, 1, 2).reshape(len(images), -1)
 
 
-def test_torchvision_cifar10_pickle_dir_exports_with_its_label_names(real_test_split, tmp_path):
-    images, labels = real_test_split["images"], real_test_split["labels"]
+def _cifar10_dir(tmp_path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """torchvision's cifar-10-batches-py layout re-packed from real images: 5 train batches of 20
+    and a test batch of 50 (so the md5 sums differ from the originals)."""
     root = tmp_path / "cifar-10-batches-py"
     root.mkdir()
-    for i in range(5):  # 5 train batches of 20 real images each
+    for i in range(5):
         part = slice(20 * i, 20 * (i + 1))
         _write_pickle(
             root / f"data_batch_{i + 1}",
@@ -113,8 +118,15 @@ def test_torchvision_cifar10_pickle_dir_exports_with_its_label_names(real_test_s
         root / "test_batch", {"data": _torchvision_rows(images[100:150]), "labels": labels[100:150]}
     )
     _write_pickle(root / "batches.meta", {"label_names": list(CIFAR10_CLASSES)})
+    return root
+
+
+def test_torchvision_cifar10_files_export_with_their_label_names(real_test_split, tmp_path):
+    images, labels = real_test_split["images"], real_test_split["labels"]
+    _cifar10_dir(tmp_path, images, labels)
     out = tmp_path / "tree"
-    main([str(tmp_path), "-o", str(out), "--no-progress"])  # torchvision's root, the parent
+    # torchvision's root, the parent; re-packed files need --skip-md5
+    main([str(tmp_path), "-o", str(out), "--no-progress", "--skip-md5"])
 
     tree = _read_tree(out)
     assert list(tree["train"]) == list(CIFAR10_CLASSES)
@@ -128,10 +140,19 @@ def test_torchvision_cifar10_pickle_dir_exports_with_its_label_names(real_test_s
                 np.testing.assert_array_equal(_pixels(path), images[index])
 
 
-def test_torchvision_cifar100_pickle_dir_uses_fine_or_coarse_labels(real_test_split, tmp_path):
+def test_torchvision_files_are_md5_checked_by_default(real_test_split, tmp_path):
+    root = _cifar10_dir(tmp_path, real_test_split["images"], real_test_split["labels"])
+    with pytest.raises(SystemExit, match="corrupted.*--skip-md5"):
+        main([str(root), "-o", str(tmp_path / "tree"), "--no-progress"])
+    (root / "data_batch_3").unlink()
+    with pytest.raises(SystemExit, match="not found or corrupted"):
+        main([str(root), "-o", str(tmp_path / "tree"), "--no-progress", "--skip-md5"])
+    assert not (tmp_path / "tree").exists()
+
+
+def test_torchvision_cifar100_files_use_the_fine_labels(real_test_split, tmp_path):
     images = real_test_split["images"][:40]
     fine = np.arange(40) % 4
-    coarse = np.arange(40) % 2
     root = tmp_path / "cifar-100-python"
     root.mkdir()
     for name, part in (("train", slice(0, 30)), ("test", slice(30, 40))):
@@ -140,7 +161,7 @@ def test_torchvision_cifar100_pickle_dir_uses_fine_or_coarse_labels(real_test_sp
             {
                 "data": _torchvision_rows(images[part]),
                 "fine_labels": fine[part].tolist(),
-                "coarse_labels": coarse[part].tolist(),
+                "coarse_labels": (fine[part] % 2).tolist(),
             },
         )
     _write_pickle(
@@ -150,10 +171,7 @@ def test_torchvision_cifar100_pickle_dir_uses_fine_or_coarse_labels(real_test_sp
             "coarse_label_names": ["aquatic_mammals", "fish"],
         },
     )
-    main([str(root), "-o", str(tmp_path / "fine"), "--no-progress"])
-    main(
-        [str(root), "-o", str(tmp_path / "coarse"), "--cifar100-labels", "coarse", "--no-progress"]
-    )
+    main([str(root), "-o", str(tmp_path / "fine"), "--no-progress", "--skip-md5"])
 
     fine_tree = _read_tree(tmp_path / "fine")
     assert {k: len(v) for k, v in fine_tree["train"].items()} == {
@@ -162,8 +180,7 @@ def test_torchvision_cifar100_pickle_dir_uses_fine_or_coarse_labels(real_test_sp
         "baby": 7,
         "bear": 7,
     }
-    coarse_tree = _read_tree(tmp_path / "coarse")
-    assert {k: len(v) for k, v in coarse_tree["val"].items()} == {"aquatic_mammals": 5, "fish": 5}
+    assert sum(len(v) for v in fine_tree["val"].values()) == 10
     bear = fine_tree["train"]["bear"][0]
     np.testing.assert_array_equal(_pixels(bear), images[int(bear.stem)])
 
@@ -200,12 +217,50 @@ def test_bad_npz_arrays_fail_with_a_message_naming_the_problem(tmp_path, arrays,
         main([str(npz), "-o", str(tmp_path / "out"), "--no-progress"])
 
 
+def test_labels_beyond_the_class_names_are_refused_before_anything_is_written(tmp_path):
+    """The reported fault: out-of-range labels got class folders of their own."""
+    npz = tmp_path / "odd_train.npz"
+    np.savez(npz, images=np.zeros((3, 32, 32, 3), np.uint8), labels=np.array([0, 1, 12]))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="labels go up to 12 but no class names were given"):
+        main([str(npz), "-o", str(out), "--no-progress"])
+    with pytest.raises(SystemExit, match=r"label 12 outside 0..2 \(\['a', 'b', 'c'\]\)"):
+        main([str(npz), "-o", str(out), "--no-progress", "--class-names", "a", "b", "c"])
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_a_killed_export_leaves_no_tree_that_looks_complete(shared_datasets, tmp_path):
+    """The reported fault: an interrupted export left a 0-byte PNG and a manifest that listed
+    what was not there, in a tree that looked complete."""
+    out = tmp_path / "tree"
+    command = [sys.executable, "-m", "cueco_plugin.cifar_folder", "--no-progress", "-o", str(out)]
+    source = str(shared_datasets / "cifar10" / "cifar10_test.npz")
+    run = subprocess.Popen([*command, source], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while run.poll() is None and time.time() < deadline:
+        if len(list(tmp_path.glob(".tree.partial-*/val/*/*.png"))) > 50:
+            run.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    assert run.wait() == -signal.SIGKILL, run.stderr.read()
+    assert not out.exists()
+    (partial,) = tmp_path.glob(".tree.partial-*")
+    assert not (partial / MANIFEST_NAME).exists()
+
+    main([*command[3:], f"val={source}", "--limit-per-class", "2"])
+    assert not partial.exists()  # the stale partial tree is removed
+    assert json.loads((out / MANIFEST_NAME).read_text())["counts"]["val"] == dict.fromkeys(
+        CIFAR10_CLASSES, 2
+    )
+    assert sum(1 for _ in out.rglob("*.png")) == 20
+
+
 def test_wrong_paths_and_an_occupied_output_fail_clearly(real_test_split, tmp_path):
     with pytest.raises(ValueError, match="source not found"):
         read_sources([str(tmp_path / "missing")])
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match="neither torchvision's CIFAR files"):
+    with pytest.raises(ValueError, match="holds neither cifar-10-batches-py nor cifar-100-python"):
         read_sources([str(empty)])
     unnamed = tmp_path / "cifar.npz"
     np.savez(unnamed, images=real_test_split["images"][:5], labels=real_test_split["labels"][:5])
@@ -214,8 +269,8 @@ def test_wrong_paths_and_an_occupied_output_fail_clearly(real_test_split, tmp_pa
     broken = tmp_path / "cifar-10-batches-py"
     broken.mkdir()
     _write_pickle(broken / "batches.meta", {"label_names": list(CIFAR10_CLASSES)})
-    with pytest.raises(ValueError, match="missing batch files"):
-        read_sources([str(broken)])
+    with pytest.raises(ValueError, match="not found or corrupted"):
+        read_sources([str(broken)], check_md5=False)
     shutil.rmtree(broken)
 
     out = tmp_path / "tree"

@@ -28,9 +28,7 @@ def test_a_queue_of_any_positive_size_is_accepted_whatever_the_batch() -> None:
 
 
 def test_sinkhorn_targets_need_key_assignments() -> None:
-    cfg = OmegaConf.create(
-        {"method_kwargs": {"targets": "sinkhorn", "assignment_source": "query"}}
-    )
+    cfg = OmegaConf.create({"method_kwargs": {"targets": "sinkhorn", "assignment_source": "query"}})
     with pytest.raises(ValueError, match="targets='sinkhorn' .* assignment_source='key'"):
         add_and_validate_method_kwargs(cfg)
 

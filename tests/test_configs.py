@@ -59,7 +59,7 @@ def data_overrides(path: Path, small_cifar: Path) -> list[str]:
     """Real folders for configs that read images at parse time (custom datasets scan
     train_path); the placeholders in configs/pretrain/custom stay placeholders otherwise."""
     cfg = compose_config(path)
-    if cfg.data.dataset == "custom":
+    if cfg.data.dataset in ("custom", "imagenet100"):
         return [f"data.train_path={small_cifar / 'train'}", f"data.val_path={small_cifar / 'val'}"]
     return []
 
@@ -128,9 +128,9 @@ def test_every_yaml_composes_with_hydra(path: Path, group: str, option: str) -> 
 
 @pytest.mark.parametrize("path", PRETRAIN, ids=_id)
 def test_pretrain_yaml_registers_cueco_through_its_hydra_callback(
-    path: Path, methods: dict[str, Any]
+    path: Path, methods: dict[str, Any], small_cifar: Path
 ) -> None:
-    cfg = compose_config(path, hydra_config=True)
+    cfg = compose_config(path, data_overrides(path, small_cifar), hydra_config=True)
     assert cfg.method == "cueco"
     assert cfg.hydra.callbacks.cueco._target_ == REGISTRATION_TARGET
     previous = methods.pop("cueco", None)

@@ -97,7 +97,9 @@ def test_main_pretrain_checkpoint_holds_bank_queue_and_schedule(smoke_checkpoint
     extra = state["bank._extra_state"]
     # seeded at step 0, re-seeded at step recluster_interval=6, one bank step per optimiser step
     assert extra["num_updates"] == STEPS
-    assert extra["num_clusterings"] == 2 and extra["last_cluster_update"] == mk["recluster_interval"]
+    assert (
+        extra["num_clusterings"] == 2 and extra["last_cluster_update"] == mk["recluster_interval"]
+    )
     assert state["queue.keys"].shape == (2, d, mk["queue_size"])
     queue_extra = state["queue._extra_state"]
     assert queue_extra["num_filled"] == STEPS * args["optimizer"]["batch_size"]
