@@ -20,9 +20,9 @@ SOLO_LEARN_INSTALL_HINT = (
     "CueCo needs solo-learn, which is not importable here. solo-learn 1.0.6 is not on PyPI "
     "(PyPI's 'solo-learn' is the unrelated 1.0.2 API). Install it from GitHub:\n"
     "    git clone https://github.com/vturrisi/solo-learn.git\n"
-    '    pip install "setuptools<81"\n'
+    '    pip install -U pip "setuptools>=77,<81" wheel\n'
     "    pip install --no-build-isolation ./solo-learn\n"
-    "(see this package's README.md)."
+    "(see this package's docs/install.md)."
 )
 
 

@@ -1,15 +1,26 @@
-"""Shared fixtures: where the real data and solo-learn are, and skips that say why."""
+"""Shared fixtures: where the real data and solo-learn are, and skips that say why.
+
+Outside CI a test whose solo-learn, DALI, shared data or solo-learn entry scripts are missing is
+skipped with the reason. Under ``CI=true`` the same test FAILS (as a setup or collection error)
+naming what is missing, so CI cannot pass by skipping: :func:`pytest_runtest_makereport` and
+:func:`pytest_make_collect_report` turn every skip whose reason says something is missing (see
+:data:`MISSING_MARKERS`) into a failure. Skips for other reasons (e.g. "a GPU is available here")
+stay skips.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = (REPO_ROOT / ".." / "shared" / "datasets").resolve()
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 SOLO_AVAILABLE = importlib.util.find_spec("solo") is not None
 SOLO_SKIP_REASON = (
@@ -19,9 +30,53 @@ SOLO_SKIP_REASON = (
 requires_solo = pytest.mark.skipif(not SOLO_AVAILABLE, reason=SOLO_SKIP_REASON)
 
 DALI_AVAILABLE = importlib.util.find_spec("nvidia.dali") is not None
-requires_dali = pytest.mark.skipif(
-    not DALI_AVAILABLE, reason="nvidia-dali is not installed: pip install -e '.[dali]'"
+DALI_SKIP_REASON = "nvidia-dali is not installed: pip install -e '.[dali]'"
+requires_dali = pytest.mark.skipif(not DALI_AVAILABLE, reason=DALI_SKIP_REASON)
+
+# solo-learn's entry scripts the tests run (a wheel install has none: set SOLO_LEARN_ROOT)
+SOLO_SCRIPTS = ("main_pretrain.py", "main_linear.py", "main_knn.py", "main_umap.py")
+
+# A skip whose reason contains one of these (case-insensitive) fails under CI=true.
+MISSING_MARKERS = (
+    "not importable",
+    "not installed",
+    "not found",
+    "missing",
+    "could not import",  # pytest.importorskip
+    "is not in this clone",
 )
+
+
+def _is_missing_reason(reason: str) -> bool:
+    return any(marker in reason.lower() for marker in MISSING_MARKERS)
+
+
+def _skip_reason(longrepr: object) -> str:
+    """The reason of a skip report (pytest stores ``(path, lineno, "Skipped: reason")``)."""
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def _fail_if_missing_in_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    if not (IN_CI and report.skipped):
+        return
+    reason = _skip_reason(report.longrepr)
+    if _is_missing_reason(reason):
+        report.outcome = "failed"
+        report.longrepr = f"CI=true, so this is a failure, not a skip: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    _fail_if_missing_in_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    outcome = yield
+    _fail_if_missing_in_ci(outcome.get_result())
 
 
 def solo_learn_root() -> Path | None:
@@ -55,11 +110,41 @@ def shared_datasets() -> Path:
 
 @pytest.fixture(scope="session")
 def solo_root() -> Path:
+    """solo-learn's checkout with its entry scripts (``main_pretrain.py``, ``main_knn.py``...)."""
     if not SOLO_AVAILABLE:
         pytest.skip(SOLO_SKIP_REASON)
     root = solo_learn_root()
     if root is None:
+        where = os.environ.get("SOLO_LEARN_ROOT") or "unset"
         pytest.skip(
-            "solo-learn's main_pretrain.py not found: set SOLO_LEARN_ROOT to your solo-learn clone"
+            f"solo-learn's main_pretrain.py not found (SOLO_LEARN_ROOT={where}): set "
+            "SOLO_LEARN_ROOT to your solo-learn clone"
         )
+    absent = [name for name in SOLO_SCRIPTS if not (root / name).is_file()]
+    if absent:
+        pytest.skip(f"solo-learn's {', '.join(absent)} not found in {root} (SOLO_LEARN_ROOT)")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_cueco_run(
+    solo_root: Path, shared_datasets: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A real CueCo run folder (``args.json`` + one ``.ckpt``, bank seeded): 2 steps of stock
+    ``main_pretrain.py`` on ``configs/pretrain/cpu/cueco.yaml`` and the real CIFAR-10 PNGs, no
+    validation. Made once per test session."""
+    from solo_runs import checkpoints, run_main_pretrain, tail
+
+    workdir = tmp_path_factory.mktemp("tiny_cueco")
+    run = run_main_pretrain(
+        solo_root,
+        workdir,
+        shared_datasets / "cifar10-folder-small" / "train",
+        ["limit_train_batches=2", "data.val_path=null", "knn_eval.enabled=False"],
+    )
+    if run.returncode != 0:
+        raise subprocess.SubprocessError(f"main_pretrain.py failed:\n{tail(run)}")
+    found = checkpoints(workdir)
+    assert len(found) == 1, found
+    assert json.loads((found[0].parent / "args.json").read_text())["method"] == "cueco"
+    return found[0].parent

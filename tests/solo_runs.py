@@ -66,6 +66,27 @@ def write_probe_metadata(dest: Path) -> Path:
     return dest
 
 
+def main_pretrain_command(
+    solo_root: Path, workdir: Path, train_path: Path, overrides: list[str]
+) -> list[str]:
+    """``main_pretrain.py`` on configs/pretrain/cpu/cueco.yaml with checkpoints and logs under
+    ``workdir``, no loader workers and no progress bar, then ``overrides``."""
+    return [
+        sys.executable,
+        str(solo_root / "main_pretrain.py"),
+        "--config-path",
+        str(CPU_CONFIG_DIR),
+        "--config-name",
+        "cueco.yaml",
+        f"data.train_path={train_path}",
+        f"checkpoint.dir={workdir / 'trained_models'}",
+        f"+default_root_dir={workdir / 'logs'}",
+        "data.num_workers=0",
+        "+enable_progress_bar=False",
+        *overrides,
+    ]
+
+
 def run_main_pretrain(
     solo_root: Path,
     workdir: Path,
@@ -89,22 +110,8 @@ def run_main_pretrain(
             [str(PROBE_DIR), str(meta)] + [p for p in [env.get("PYTHONPATH")] if p]
         )
         env["CUECO_PROBE_DIR"] = str(probe_dir)
-    command = [
-        sys.executable,
-        str(solo_root / "main_pretrain.py"),
-        "--config-path",
-        str(CPU_CONFIG_DIR),
-        "--config-name",
-        "cueco.yaml",
-        f"data.train_path={train_path}",
-        f"checkpoint.dir={workdir / 'trained_models'}",
-        f"+default_root_dir={workdir / 'logs'}",
-        "data.num_workers=0",
-        "+enable_progress_bar=False",
-        *overrides,
-    ]
     return subprocess.run(
-        command,
+        main_pretrain_command(solo_root, workdir, train_path, overrides),
         cwd=workdir,
         env=env,
         stdout=subprocess.PIPE,

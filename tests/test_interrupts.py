@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -16,7 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import requires_solo
-from solo_runs import CPU_CONFIG_DIR, DETERMINISTIC_VIEWS, load_checkpoint, run_main_pretrain, tail
+from solo_runs import (
+    DETERMINISTIC_VIEWS,
+    load_checkpoint,
+    main_pretrain_command,
+    run_main_pretrain,
+    tail,
+)
 
 pytestmark = [requires_solo, pytest.mark.solo, pytest.mark.slow]
 
@@ -73,22 +78,8 @@ def _start(
 ) -> subprocess.Popen:
     """The command of ``solo_runs.run_main_pretrain``, started without waiting."""
     workdir.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        str(solo_root / "main_pretrain.py"),
-        "--config-path",
-        str(CPU_CONFIG_DIR),
-        "--config-name",
-        "cueco.yaml",
-        f"data.train_path={train}",
-        f"checkpoint.dir={workdir / 'trained_models'}",
-        f"+default_root_dir={workdir / 'logs'}",
-        "data.num_workers=0",
-        "+enable_progress_bar=False",
-        *overrides,
-    ]
     return subprocess.Popen(
-        command,
+        main_pretrain_command(solo_root, workdir, train, overrides),
         cwd=workdir,
         env={**os.environ, "PYTHONWARNINGS": "ignore", **env},
         stdout=subprocess.PIPE,
