@@ -35,10 +35,12 @@ if str(HERE) not in sys.path:
 from sslbench.configs import CONTROL, REPO, cli, load_profile, trainer_kwargs  # noqa: E402
 
 CSV_COLUMNS = (
-    "arm seed status knn_top1 knn_delta linear_top1 linear_delta bank_acc_m2o epochs steps "
+    "arm seed status knn_top1 knn_delta linear_top1 linear_delta bank_acc_m2o live_clusters "
+    "usage_entropy epochs steps "
     "train_seconds eval_seconds device profile overrides"
 ).split()
 ARMS_KEYS = {"name", "description", "profile", "seed", "rerun_seed", "arms"}
+HEALTH = ("live_clusters", "usage_entropy")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -151,11 +153,14 @@ def train_and_score(cfg: Any, data: Any, run_dir: Path, profile: Any, seconds: f
         rows = list(csv.DictReader(f))
     history = [(int(r["epoch"]) + 1, float(r["val_knn_acc1"])) for r in rows if r["val_knn_acc1"]]
     bank = [100 * float(r["val_cluster_acc_m2o"]) for r in rows if r.get("val_cluster_acc_m2o")]
+    # the bank's health (CentroidBank.health, logged by the method) at the last logging step
+    health = {k: [float(r[f"train_{k}"]) for r in rows if r.get(f"train_{k}")] for k in HEALTH}
     expected = trainer.max_epochs * trainer.num_training_batches
     return {
         **scores,
         "status": "ok" if trainer.global_step >= expected else "truncated (budget)",
         "bank_acc_m2o": bank[-1] if bank else None,
+        **{key: values[-1] if values else None for key, values in health.items()},
         "epochs": round(trainer.global_step / trainer.num_training_batches, 2),
         "steps": trainer.global_step,
         "train_seconds": round(timer.time_elapsed("train"), 1),
@@ -211,14 +216,15 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "## Results",
         "",
         f"| arm | seed | status | kNN top-1 (%) | Δ kNN vs {CONTROL} | linear top-1 (%) | "
-        f"Δ linear vs {CONTROL} | bank m:1 | train (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"Δ linear vs {CONTROL} | bank m:1 | live clusters | usage entropy | train (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['arm']} | {r['seed']} | {r['status']} | {_fmt(r.get('knn_top1'))} | "
             f"{_fmt(r.get('knn_delta'), True)} | {_fmt(r.get('linear_top1'))} | "
             f"{_fmt(r.get('linear_delta'), True)} | {_fmt(r.get('bank_acc_m2o'))} | "
+            f"{_fmt(r.get('live_clusters'))} | {_fmt(r.get('usage_entropy'))} | "
             f"{_fmt(r.get('train_seconds'))} |"
         )
     lines += ["", "## Arms (Hydra overrides on top of the profile)", ""]

@@ -115,8 +115,8 @@ def preflight(config: DictConfig) -> None:
     """
     if OmegaConf.select(config, "method", default=None) != "cueco":
         return
-    from cueco_plugin.cli.pretrain import parse_cfg  # solo-learn's, also admitting DALI CIFAR
     from cueco_plugin.config import add_and_validate_method_kwargs
+    from cueco_plugin.data.cifar_arrays import parse_cfg  # solo-learn's, also DALI CIFAR
 
     cfg = copy.deepcopy(config)
     with read_write(cfg), open_dict(cfg):

@@ -161,3 +161,19 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def tail(process: subprocess.CompletedProcess, chars: int = 4000) -> str:
     return process.stdout[-chars:]
+
+
+def assert_same_training_state(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Two Lightning checkpoints hold the same step, weights, buffers, extra states (bank and
+    queue schedules) and optimiser states, bit for bit."""
+    assert a["global_step"] == b["global_step"]
+    assert set(a["state_dict"]) == set(b["state_dict"])
+    for key, value in a["state_dict"].items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, b["state_dict"][key]), key
+        else:
+            assert value == b["state_dict"][key], key
+    for sa, sb in zip(a["optimizer_states"], b["optimizer_states"]):
+        for index, state in sa["state"].items():
+            for name, value in state.items():
+                assert torch.equal(value, sb["state"][index][name]), (index, name)

@@ -13,10 +13,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import requires_solo
 from solo_runs import (
     DETERMINISTIC_VIEWS,
+    assert_same_training_state,
     load_checkpoint,
     main_pretrain_command,
     run_main_pretrain,
@@ -92,20 +92,6 @@ def _run_folder_files(workdir: Path) -> list[Path]:
     return sorted((workdir / "trained_models" / "cueco").glob("*/*"))
 
 
-def _assert_same_training_state(a: dict, b: dict) -> None:
-    assert a["global_step"] == b["global_step"]
-    assert set(a["state_dict"]) == set(b["state_dict"])
-    for key, value in a["state_dict"].items():
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(value, b["state_dict"][key]), key
-        else:
-            assert value == b["state_dict"][key], key
-    for sa, sb in zip(a["optimizer_states"], b["optimizer_states"]):
-        for index, state in sa["state"].items():
-            for name, value in state.items():
-                assert torch.equal(value, sb["state"][index][name]), (index, name)
-
-
 @pytest.fixture(scope="module")
 def small_train(shared_datasets: Path) -> Path:
     return shared_datasets / "cifar10-folder-small" / "train"
@@ -162,7 +148,7 @@ def test_signal_saves_the_current_step_exits_nonzero_and_resume_equals_uninterru
     # the resumed run continues in the interrupted run's folder; its step checkpoint is replaced
     (final,) = [p for p in saved.parent.iterdir() if p.suffix == ".ckpt"]
     assert final.name.endswith("-ep=1.ckpt")
-    _assert_same_training_state(load_checkpoint(final), uninterrupted)
+    assert_same_training_state(load_checkpoint(final), uninterrupted)
 
 
 def test_sigkill_while_a_checkpoint_is_written_leaves_no_partial_ckpt_and_resume_works(

@@ -29,8 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-from omegaconf import DictConfig
-
+from cueco_plugin.data.cifar_arrays import parse_cfg
 from cueco_plugin.registration import register
 
 
@@ -48,22 +47,6 @@ def solo_learn_root() -> Path:
         f"main_pretrain.py not found in {[str(p) for p in candidates]}: set SOLO_LEARN_ROOT to "
         "your solo-learn clone (git clone https://github.com/vturrisi/solo-learn.git)"
     )
-
-
-def parse_cfg(cfg: DictConfig) -> DictConfig:
-    """solo-learn's ``parse_cfg``, also for ``data.format: dali`` with CIFAR (which it asserts
-    against; nothing else in it reads the format)."""
-    from solo.args.pretrain import parse_cfg as solo_parse_cfg
-
-    from cueco_plugin.data.cifar_arrays import CIFAR_CLASSES
-
-    dali_cifar = cfg.data.get("format") == "dali" and cfg.data.get("dataset") in CIFAR_CLASSES
-    if dali_cifar:
-        cfg.data.format = "image_folder"
-    cfg = solo_parse_cfg(cfg)
-    if dali_cifar:
-        cfg.data.format = "dali"
-    return cfg
 
 
 def import_main_pretrain(root: Path | None = None) -> ModuleType:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torchvision
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from cueco_plugin.data.npz import load_npz_arrays
@@ -130,3 +131,17 @@ def prepare_data_classification(
     val = CIFARArrays(*load_cifar_arrays(dataset, val_data_path, train=False), val_transform)
     loader = DataLoader(val, batch_size=batch_size, num_workers=num_workers, pin_memory=True)
     return None, loader
+
+
+def parse_cfg(cfg: DictConfig) -> DictConfig:
+    """solo-learn's ``parse_cfg``, also for ``data.format: dali`` with CIFAR (which it asserts
+    against; nothing else in it reads the format)."""
+    from solo.args.pretrain import parse_cfg as solo_parse_cfg
+
+    dali_cifar = cfg.data.get("format") == "dali" and cfg.data.get("dataset") in CIFAR_CLASSES
+    if dali_cifar:
+        cfg.data.format = "image_folder"
+    cfg = solo_parse_cfg(cfg)
+    if dali_cifar:
+        cfg.data.format = "dali"
+    return cfg
