@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dim", type=int, default=256, help="projection dimension D")
     p.add_argument("--queue", type=int, default=65536, help="MoCo queue size")
     p.add_argument("--clusters", type=int, nargs="+", default=[10, 100, 1000], help="K values")
-    p.add_argument("--min-run-time", type=float, default=2.0, help="seconds per measurement")
+    p.add_argument("--min-run-time", type=float, default=1.0, help="seconds per measurement")
+    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds of measurements")
     p.add_argument("--tag", default="", help="file tag (default: from the device)")
     args = p.parse_args(argv)
     if min(args.batch, args.dim, args.queue) < 1 or min(args.clusters) < 2:
@@ -135,11 +136,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "cueco": cueco,
             "clustering": partial(model.bank.cluster, feats),
         }
+        # the two steps in interleaved rounds (drift on a shared machine hits both alike)
+        times: dict[str, list[float]] = {name: [] for name in calls}
+        for _ in range(args.rounds):
+            for name, call in calls.items():
+                if name == "clustering" and times[name]:
+                    continue  # seconds per call: once is enough
+                threads = torch.get_num_threads()
+                timer = benchmark.Timer("f()", globals={"f": call}, num_threads=threads)
+                times[name] += timer.blocked_autorange(min_run_time=args.min_run_time).times
         ms = {}
-        for name, call in calls.items():
-            timer = benchmark.Timer("f()", globals={"f": call}, num_threads=torch.get_num_threads())
-            m = timer.blocked_autorange(min_run_time=args.min_run_time)
-            ms[name] = {"median_ms": 1e3 * m.median, "iqr_ms": 1e3 * m.iqr, "blocks": len(m.times)}
+        for name, values in times.items():
+            t = torch.tensor(values)
+            q1, med, q3 = (1e3 * torch.quantile(t, torch.tensor([0.25, 0.5, 0.75]))).tolist()
+            ms[name] = {"median_ms": med, "iqr_ms": q3 - q1, "blocks": len(values)}
         interval = int(model.mk.recluster_interval) or None
         cluster_ms = ms["cueco"]["median_ms"] - ms["infonce"]["median_ms"]
         amortised = ms["clustering"]["median_ms"] / interval if interval else None
@@ -163,7 +173,7 @@ def markdown(result: dict[str, Any]) -> str:
         *describe(result["machine"]),
         f"- Settings: B = {s['batch']} per view, D = {s['dim']}, queue {s['queue']}, overrides "
         f"`{' '.join(s['set']) or '(none)'}`; torch.utils.benchmark blocked_autorange, "
-        f"{s['min_run_time']} s per measurement",
+        f"{s['rounds']} interleaved rounds of {s['min_run_time']} s per step kind",
         "- infonce: solo-learn's mocov2plus_loss_func on both views, forward + backward; cueco: "
         "CueCo's loss part of the step (assignment, targets, L1, L2, L3 in batched calls, "
         "backward, bank accumulate + step); cluster part = cueco - infonce",

@@ -46,7 +46,7 @@ def infonce_loss(
     with _fp32(query.device):
         q = query.float()
         pos = torch.einsum("nc,nc->n", q, key.detach().float()).unsqueeze(-1)
-        neg = (q @ queue.detach().float()).masked_fill(negative_mask, float("-inf"))
+        neg = (q @ queue.detach().float()).masked_fill_(negative_mask, float("-inf"))
         logits = torch.cat([pos, neg], dim=1) / temperature
         return F.cross_entropy(logits, logits.new_zeros(q.shape[0], dtype=torch.long))
 
@@ -156,13 +156,15 @@ def negative_mask(
     Returns:
         (B, Q) bool.
     """
-    labelled = (queue_labels >= 0).unsqueeze(0)
-    labels = queue_labels.clamp_min(0)
-    if mode == "hard":
-        return labelled & (targets.unsqueeze(1) == labels.unsqueeze(0))
+    if mode == "hard":  # a label of -1 never equals a target: one (B, Q) comparison
+        return targets.unsqueeze(1) == queue_labels.unsqueeze(0)
+    k = centroids.shape[0]
     with _fp32(centroids.device):
         c = centroids.float()
-        similarity = (c @ c.T).clamp_(0.0, 1.0)  # (K, K): cheap next to a (B, Q) product
-        drop = similarity.index_select(0, targets).index_select(1, labels)
-        same = targets.unsqueeze(1) == labels.unsqueeze(0)
-        return labelled & (same | (torch.rand_like(drop) < drop))
+        # (K + 1, K + 1) drop probabilities: cosine similarities clipped to [0, 1], exactly 1 on
+        # the diagonal (same cluster: always dropped), 0 in the last row and column (label -1)
+        table = torch.zeros(k + 1, k + 1, device=c.device)
+        table[:k, :k] = (c @ c.T).clamp_(0.0, 1.0).fill_diagonal_(1.0)
+        labels = torch.where(queue_labels < 0, k, queue_labels)
+        drop = table.index_select(0, targets).index_select(1, labels)  # (B, Q)
+        return torch.rand_like(drop) < drop  # rand is in [0, 1): probability 1 always drops
