@@ -129,6 +129,16 @@ def find_resumable(cfg: DictConfig) -> tuple[Path | None, str]:
     )
 
 
+def _resume_wandb_run(args_json: Path) -> None:
+    """Continues the W&B run a resumed checkpoint belongs to, as solo-learn's ``AutoResumer``
+    does: ``main_pretrain.py`` builds its ``WandbLogger`` with ``id=None`` once solo-learn's
+    auto-resume is off, and ``wandb.init`` then reads ``WANDB_RUN_ID`` / ``WANDB_RESUME``."""
+    run_id = json.loads(args_json.read_text()).get("wandb_run_id")
+    if run_id:
+        os.environ.setdefault("WANDB_RUN_ID", str(run_id))
+        os.environ.setdefault("WANDB_RESUME", "allow")
+
+
 def resolve_auto_resume(cfg: DictConfig) -> DictConfig:
     """With ``auto_resume.enabled`` and no ``resume_from_checkpoint``: sets
     ``resume_from_checkpoint`` to :func:`find_resumable`'s checkpoint (or leaves it None) and
@@ -138,6 +148,8 @@ def resolve_auto_resume(cfg: DictConfig) -> DictConfig:
     if enabled and OmegaConf.select(cfg, "resume_from_checkpoint", default=None) is None:
         ckpt, why = find_resumable(cfg)
         cfg.resume_from_checkpoint = None if ckpt is None else str(ckpt)
+        if ckpt is not None and OmegaConf.select(cfg, "wandb.enabled", default=False):
+            _resume_wandb_run(ckpt.parent / "args.json")
         if _is_rank_zero():
             _say(f"CueCo auto-resume: {why}")
     if enabled:
@@ -153,6 +165,11 @@ def _replace_atomically(tmp: Path, final: Path) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, final)
+    fd = os.open(final.parent, os.O_RDONLY)  # the rename itself survives a power loss
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class RunCheckpointer(Checkpointer):
@@ -169,6 +186,8 @@ class RunCheckpointer(Checkpointer):
     def initial_setup(self, trainer: Trainer) -> None:
         resumed = Path(trainer.ckpt_path).resolve() if trainer.ckpt_path else None
         logdir = self.logdir.resolve()
+        if isinstance(trainer.logger, WandbLogger):  # kept in args.json for the next resume
+            self.wandb_run_id = str(trainer.logger.version)
         if resumed is not None and resumed.parent.parent == logdir:
             version = resumed.parent.name
         elif isinstance(trainer.logger, WandbLogger):
@@ -198,7 +217,7 @@ class RunCheckpointer(Checkpointer):
 
     def save_args(self, trainer: Trainer) -> None:
         if trainer.is_global_zero:
-            args = OmegaConf.to_container(self.cfg)
+            args = OmegaConf.to_container(self.cfg, resolve=True)  # compared resolved on resume
             args["wandb_run_id"] = getattr(self, "wandb_run_id", None)
             final = self.path / "args.json"
             tmp = final.with_name(final.name + PARTIAL_SUFFIX)
@@ -269,7 +288,8 @@ class SaveOnInterrupt(Callback):
     ) -> None:
         self._restore()
         if isinstance(exception, KeyboardInterrupt):
-            _say("CueCo: stopped by a second Ctrl-C; no checkpoint of this step was written")
+            when = "a second Ctrl-C" if self.signum is not None else "Ctrl-C before training"
+            _say(f"CueCo: stopped by {when}; no checkpoint of this step was written")
             raise SystemExit(128 + signal.SIGINT)
         if not isinstance(exception, SIGTERMException):
             return
