@@ -257,7 +257,8 @@ class CueCo(BaseMomentumMethod):
             return hard, hard
         keys = gathered.reshape(-1, gathered.shape[-1]).float()
         recent = self.queue.recent(self.mk.sinkhorn_queue_keys // 2)
-        scores = torch.cat([keys, recent]) @ self.bank.centroids.T
+        with torch.autocast(device_type=keys.device.type, enabled=False):  # float32 scores
+            scores = torch.cat([keys, recent.float()]) @ self.bank.centroids.float().T
         soft = sinkhorn(scores, self.mk.sinkhorn_epsilon, self.mk.sinkhorn_iters)
         soft = soft[: keys.shape[0]].view(2, -1, soft.shape[1])[:, local]
         return swap_views(soft.reshape(-1, soft.shape[-1])), hard
@@ -298,12 +299,13 @@ class CueCo(BaseMomentumMethod):
         if bank.wants_clustering:  # host-side schedule: no sync
             self._cluster(gathered.reshape(-1, gathered.shape[-1]).float())
         weight = bank.loss_weight
+        targets = hard = None  # only needed while the cluster losses are on
         if bank.seeded:
             assign = bank.assign(gathered.reshape(-1, gathered.shape[-1])).view(2, -1)
-            targets, hard = self._targets(q, gathered, assign, local)
+            if weight > 0:
+                targets, hard = self._targets(q, gathered, assign, local)
         else:
             assign = gathered.new_full(gathered.shape[:2], -1, dtype=torch.long)
-            targets = hard = None
 
         nce_loss = self._nce_loss(q, k, hard)
         if weight > 0:
