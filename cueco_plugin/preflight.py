@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import sys
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from cueco_plugin.data.checks import check_image_folder
@@ -28,8 +28,10 @@ class PreflightError(ValueError):
 
 
 def is_rank_zero() -> bool:
-    """False in the processes Lightning's DDP launcher (or SLURM) starts for ranks > 0."""
-    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "RANK", "SLURM_PROCID"))
+    """False in the processes Lightning's DDP launcher (or SLURM) starts for ranks > 0:
+    Lightning's own rank (from ``RANK``, ``LOCAL_RANK``, ``SLURM_PROCID``, ... before a Trainer
+    exists, the trainer's global rank after)."""
+    return rank_zero_only.rank == 0
 
 
 def processes(devices: Any, num_nodes: Any = 1) -> int | None:

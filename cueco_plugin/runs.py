@@ -29,6 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 from solo.utils.checkpointer import Checkpointer
 from torch.utils.data import BatchSampler, Sampler
 
+from cueco_plugin.preflight import is_rank_zero
+
 PARTIAL_SUFFIX = ".part"  # a checkpoint being written; never ends in .ckpt
 
 #: config keys (and everything under them) that do not shape the model or the schedule: a
@@ -50,10 +52,6 @@ RESUME_IGNORED = (
     "data.val_path",
     "debug_augmentations",
 )
-
-
-def _is_rank_zero() -> bool:
-    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
 
 
 def _say(message: str) -> None:
@@ -150,7 +148,7 @@ def resolve_auto_resume(cfg: DictConfig) -> DictConfig:
         cfg.resume_from_checkpoint = None if ckpt is None else str(ckpt)
         if ckpt is not None and OmegaConf.select(cfg, "wandb.enabled", default=False):
             _resume_wandb_run(ckpt.parent / "args.json")
-        if _is_rank_zero():
+        if is_rank_zero():
             _say(f"CueCo auto-resume: {why}")
     if enabled:
         cfg.auto_resume.enabled = False

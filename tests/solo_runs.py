@@ -41,17 +41,24 @@ DETERMINISTIC_VIEWS = (
 )
 
 
-def small_val_folder(shared_datasets: Path, dest: Path, per_class: int = 2) -> Path:
-    """A labelled validation folder with ``per_class`` real CIFAR-10 PNGs of every class
-    (symlinks). solo-learn's k-NN counts classes from the validation labels it saw, and the
-    validation loader is not shuffled, so a prefix of the full folder would hold one class."""
-    source = shared_datasets / "cifar10-folder-small" / "val"
-    for class_dir in sorted(p for p in source.iterdir() if p.is_dir()):
+def linked_image_folder(
+    source: Path, dest: Path, per_class: int, num_classes: int | None = None
+) -> Path:
+    """An image folder of symlinks to the first ``per_class`` images of the first
+    ``num_classes`` (default: every) class folders of ``source``."""
+    for class_dir in sorted(p for p in source.iterdir() if p.is_dir())[:num_classes]:
         target = dest / class_dir.name
         target.mkdir(parents=True, exist_ok=True)
         for image in sorted(class_dir.iterdir())[:per_class]:
             (target / image.name).symlink_to(image)
     return dest
+
+
+def small_val_folder(shared_datasets: Path, dest: Path, per_class: int = 2) -> Path:
+    """A labelled validation folder with ``per_class`` real CIFAR-10 PNGs of every class
+    (symlinks). solo-learn's k-NN counts classes from the validation labels it saw, and the
+    validation loader is not shuffled, so a prefix of the full folder would hold one class."""
+    return linked_image_folder(shared_datasets / "cifar10-folder-small" / "val", dest, per_class)
 
 
 def write_probe_metadata(dest: Path) -> Path:

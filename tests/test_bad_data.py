@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import requires_solo
-from solo_runs import run_main_pretrain
+from solo_runs import linked_image_folder, run_main_pretrain
 
 from cueco_plugin.data.checks import DataCheckError, check_image_folder
 
@@ -26,12 +26,7 @@ def _truncate(path: Path) -> Path:
 def folder(shared_datasets: Path, tmp_path: Path) -> Path:
     """Three classes of three real CIFAR-10 PNGs each (symlinks)."""
     source = shared_datasets / "cifar10-folder-small" / "train"
-    root = tmp_path / "train"
-    for class_dir in sorted(source.iterdir())[:3]:
-        (root / class_dir.name).mkdir(parents=True)
-        for image in sorted(class_dir.iterdir())[:3]:
-            (root / class_dir.name / image.name).symlink_to(image)
-    return root
+    return linked_image_folder(source, tmp_path / "train", per_class=3, num_classes=3)
 
 
 def _an_image(root: Path) -> Path:

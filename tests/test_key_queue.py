@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import requires_solo
+from test_bank import bank_args
 
 from cueco_plugin.bank import CentroidBank
 
@@ -133,19 +134,9 @@ def test_relabel_assigns_every_real_key_to_the_banks_clusters_and_leaves_the_res
     queue = KeyQueue(num_views=2, dim=DIM, size=8)
     queue.enqueue(keys(3), torch.full((2, 3), -1))
     bank = CentroidBank(
-        num_clusters=3,
-        dim=DIM,
-        centroid_momentum=0.9,
-        variance_momentum=0.9,
-        min_variance=1e-3,
-        warmup_iters=0,
-        freeze_iters=0,
-        ramp_iters=0,
-        recluster_interval=0,
-        recluster_init="warm",
-        dead_cluster_steps=0,
-        lloyd_iters=2,
-        mean_temperature=0.1,
+        **bank_args(
+            num_clusters=3, dim=DIM, centroid_momentum=0.9, variance_momentum=0.9, lloyd_iters=2
+        )
     )
     assert bank.cluster(
         F.normalize(torch.randn(30, DIM, generator=torch.Generator().manual_seed(0)), dim=1)

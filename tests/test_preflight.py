@@ -11,7 +11,7 @@ import pytest
 from conftest import requires_solo
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
-from solo_runs import CPU_CONFIG_DIR, run_main_pretrain
+from solo_runs import CPU_CONFIG_DIR, linked_image_folder, run_main_pretrain
 
 from cueco_plugin.registration import RegisterCueCo
 
@@ -36,12 +36,7 @@ def _preflight(overrides: list[str], capsys: pytest.CaptureFixture[str]) -> tupl
 def tiny_train(shared_datasets: Path, tmp_path: Path) -> Path:
     """Two classes of three real CIFAR-10 PNGs each (symlinks)."""
     source = shared_datasets / "cifar10-folder-small" / "train"
-    root = tmp_path / "tiny"
-    for class_dir in sorted(source.iterdir())[:2]:
-        (root / class_dir.name).mkdir(parents=True)
-        for image in sorted(class_dir.iterdir())[:3]:
-            (root / class_dir.name / image.name).symlink_to(image)
-    return root
+    return linked_image_folder(source, tmp_path / "tiny", per_class=3, num_classes=2)
 
 
 @pytest.fixture()
