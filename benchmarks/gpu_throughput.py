@@ -19,14 +19,18 @@ Lightning's progress bar stays on, as in a user's run (it reads the metrics logg
 ``prog_bar=True`` every step).
 
 Runs (in priority order; a run that would not finish inside ``--budget-s`` is skipped and
-recorded as skipped): the loaders alone (DALI CIFAR on the GPU; solo-learn's torchvision loader),
-then MoCo V2+ and CueCo x {DALI CIFAR, torchvision} x batch {256, 512} (512 from
-``configs/pretrain/cifar/cueco_b512.yaml``), CueCo + DALI at 1024, and solo-learn's own DALI
-path (``data.format: dali``, ``mixed`` JPEG decoding) on Imagenette through stock
-``main_pretrain.py`` with ``configs/pretrain/custom/cueco_dali.yaml``, ``--imagenette-steps``
-steps. Both methods run the same config (``method=mocov2plus`` swaps the method; its
-``method_kwargs`` are the same keys); CueCo's ``freeze_iters`` is set below the warm-up so the
-measured steps include its cluster losses.
+recorded as skipped): the loaders alone (DALI CIFAR on the GPU with the arrays held on the GPU,
+the default, and with them in host memory; solo-learn's torchvision loader), then MoCo V2+ and
+CueCo with DALI CIFAR at batch 256, eager and with the backbones torch.compiled (CueCo:
+``method_kwargs.compile_backbones=True``; MoCo V2+: the same in-place ``nn.Module.compile`` on
+its two backbones, done by the instrumented Trainer), both with the torchvision loader at 256,
+solo-learn's own DALI path (``data.format: dali``, ``mixed`` JPEG decoding) on Imagenette through
+stock ``main_pretrain.py`` with ``configs/pretrain/custom/cueco_dali.yaml``
+(``--imagenette-steps`` steps), then both x {DALI CIFAR, torchvision} at batch 512 (from
+``configs/pretrain/cifar/cueco_b512.yaml``) and CueCo + DALI at 1024. Both methods run the same
+config (``method=mocov2plus`` swaps the method; its ``method_kwargs`` are the same keys);
+CueCo's ``freeze_iters`` is set below the warm-up so the measured steps include its cluster
+losses; a compiled run's compilation falls in its warm-up steps.
 
 Writes ``--out`` (default ``benchmarks/results/gpu_throughput.json``: a list of records with
 ``method``, ``loader``, ``batch_size``, ``images_per_s``, ``peak_memory_mib``, ``device``, ...) and
@@ -58,18 +62,22 @@ if str(REPO / "benchmarks") not in sys.path:
     sys.path.insert(0, str(REPO / "benchmarks"))
 
 METHOD_NAMES = {"cueco": "CueCo", "mocov2plus": "MoCo V2+"}
-# (method, loader, batch) in the order they run
+# (method, loader, batch, compiled) in the order they run; solo-learn's DALI path on Imagenette
+# runs after the first IMAGENETTE_AFTER of them
 E2E_RUNS = [
-    ("cueco", "dali", 256),
-    ("mocov2plus", "dali", 256),
-    ("cueco", "dali", 512),
-    ("mocov2plus", "dali", 512),
-    ("cueco", "torchvision", 256),
-    ("mocov2plus", "torchvision", 256),
-    ("cueco", "torchvision", 512),
-    ("mocov2plus", "torchvision", 512),
-    ("cueco", "dali", 1024),
+    ("cueco", "dali", 256, False),
+    ("mocov2plus", "dali", 256, False),
+    ("cueco", "dali", 256, True),  # the first compiled run fills inductor's cache ...
+    ("mocov2plus", "dali", 256, True),  # ... which the second one's identical backbone reuses
+    ("cueco", "torchvision", 256, False),
+    ("mocov2plus", "torchvision", 256, False),
+    ("cueco", "dali", 512, False),
+    ("mocov2plus", "dali", 512, False),
+    ("cueco", "torchvision", 512, False),
+    ("mocov2plus", "torchvision", 512, False),
+    ("cueco", "dali", 1024, False),
 ]
+IMAGENETTE_AFTER = 6
 
 
 # ------------------------------------------------------------------------------ one run
@@ -126,9 +134,19 @@ class IterationClock:
         }
 
 
-def with_clock(module: Any, clock: Any) -> None:
-    """Replaces ``module.Trainer`` by a subclass that adds ``clock`` to the callbacks;
-    ``functools.wraps`` keeps the signature ``main_pretrain.py`` filters its arguments with."""
+def compile_backbones(model: Any) -> None:
+    """What CueCo's ``method_kwargs.compile_backbones`` does, for any solo-learn momentum
+    method (MoCo V2+): ``nn.Module.compile`` of its two backbones, in place; no-op when done."""
+    for name in ("backbone", "momentum_backbone"):
+        backbone = getattr(model, name, None)
+        if backbone is not None and backbone._compiled_call_impl is None:
+            backbone.compile()
+
+
+def with_clock(module: Any, clock: Any, compile: bool = False) -> None:
+    """Replaces ``module.Trainer`` by a subclass that adds ``clock`` to the callbacks (and,
+    with ``compile``, compiles the model's backbones before fitting); ``functools.wraps`` keeps
+    the signature ``main_pretrain.py`` filters its arguments with."""
     from lightning.pytorch import Callback, Trainer
 
     callback = type("Clock", (Callback,), {})()
@@ -140,6 +158,11 @@ def with_clock(module: Any, clock: Any) -> None:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), callback]
             super().__init__(*args, **kwargs)
+
+        def fit(self, model: Any, *args: Any, **kwargs: Any) -> Any:
+            if compile:
+                compile_backbones(model)
+            return super().fit(model, *args, **kwargs)
 
     module.Trainer = ClockedTrainer
 
@@ -154,7 +177,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     register()
     module = import_main_pretrain() if args.stock else load_main_pretrain()
     clock = IterationClock(args.warmup)
-    with_clock(module, clock)
+    with_clock(module, clock, compile=args.compile)
     config = Path(args.config)
     saved = sys.argv
     sys.argv = [saved[0], "--config-path", str(config.parent), "--config-name", config.name]
@@ -167,6 +190,9 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     record = clock.summary(args.batch_size)
     record["wall_s"] = time.perf_counter() - started
     record["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    record["backbones_compiled"] = args.compile or "++method_kwargs.compile_backbones=True" in (
+        args.overrides
+    )
     return record
 
 
@@ -193,7 +219,9 @@ def common_overrides(args: argparse.Namespace, root: Path, steps: int) -> list[s
     ]
 
 
-def e2e_plan(args: argparse.Namespace, method: str, loader: str, batch: int) -> dict[str, Any]:
+def e2e_plan(
+    args: argparse.Namespace, method: str, loader: str, batch: int, compiled: bool = False
+) -> dict[str, Any]:
     cifar = CONFIGS / "cifar"
     config = cifar / ("cueco.yaml" if batch == 256 else f"cueco_b{batch}.yaml")
     dali_device = "gpu" if args.device == "cuda" else "cpu"
@@ -202,8 +230,14 @@ def e2e_plan(args: argparse.Namespace, method: str, loader: str, batch: int) -> 
         f"optimizer.batch_size={args.batch_scale(batch)}",
         f"method={method}",
         "method_kwargs.freeze_iters=5",  # cluster losses on in the measured window
-        *common_overrides(args, args.work / f"{method}-{loader}-{batch}", args.steps),
+        *common_overrides(
+            args,
+            args.work / f"{method}-{loader}-{batch}{'-compiled' if compiled else ''}",
+            args.steps,
+        ),
     ]
+    if compiled and method == "cueco":
+        overrides.append("++method_kwargs.compile_backbones=True")
     if args.tiny:
         overrides += ["method_kwargs.queue_size=1024", "method_kwargs.num_clusters=10"]
     if loader == "dali":
@@ -212,7 +246,8 @@ def e2e_plan(args: argparse.Namespace, method: str, loader: str, batch: int) -> 
             f"+dali.device={dali_device}",
             f"data.num_workers={args.dali_threads}",
         ]
-        label = f"dali-cifar ({dali_device}, {args.dali_threads} threads)"
+        arrays = "gpu" if args.device == "cuda" else "host"  # DALI CIFAR's default placement
+        label = f"dali-cifar ({dali_device}, {args.dali_threads} threads, arrays on {arrays})"
     else:
         overrides += [f"data.num_workers={args.workers}"]
         label = f"torchvision ({args.workers} workers)"
@@ -221,9 +256,13 @@ def e2e_plan(args: argparse.Namespace, method: str, loader: str, batch: int) -> 
         "method": METHOD_NAMES[method],
         "loader": label,
         "batch_size": args.batch_scale(batch),
+        "compiled": compiled,
         "config": str(config.relative_to(REPO)),
         "overrides": overrides,
         "stock": False,
+        # MoCo V2+ (solo-learn's class) is compiled by the instrumented Trainer
+        "compile_hook": compiled and method != "cueco",
+        "timeout_s": args.compiled_run_timeout_s if compiled else args.run_timeout_s,
     }
 
 
@@ -251,6 +290,9 @@ def imagenette_plan(args: argparse.Namespace) -> dict[str, Any]:
         "overrides": overrides,
         # stock main_pretrain.py; on a CPU test host solo-learn's module needs our device_id swap
         "stock": gpu,
+        "compiled": False,
+        "compile_hook": False,
+        "timeout_s": args.run_timeout_s,
         "warmup": min(args.warmup, args.imagenette_steps // 2),
     }
 
@@ -259,7 +301,13 @@ def run_loaders(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The loaders alone (in this process): DALI CIFAR on the device, solo-learn's torchvision
     loader, at each batch size."""
     import torch
-    from loader_throughput import dali_loader, load_images, time_loader, torchvision_loader
+    from loader_throughput import (
+        dali_loader,
+        dali_settings,
+        load_images,
+        time_loader,
+        torchvision_loader,
+    )
 
     images, labels = load_images(args.data, None)
     device = torch.device("cuda:0" if args.device == "cuda" else "cpu")
@@ -269,14 +317,13 @@ def run_loaders(args: argparse.Namespace) -> list[dict[str, Any]]:
     for batch in args.batches:
         per_epoch = len(images) // batch
         batches = max(1, min(args.loader_batches, per_epoch - args.loader_warmup))
-        for label, kind in (
-            (f"dali-cifar ({dali_device}, {args.dali_threads} threads)", "dali"),
-            (f"torchvision ({args.workers} workers)", "torchvision"),
-        ):
-            if kind == "dali":
-                loader = dali_loader(images, labels, batch, args.dali_threads, dali_device)
-            else:
+        settings = dali_settings(dali_device, args.dali_threads)
+        settings.append((f"torchvision ({args.workers} workers)", "torchvision"))
+        for label, kind in settings:
+            if kind == "torchvision":
                 loader = torchvision_loader(images, labels, batch, args.workers)
+            else:  # kind: where DALI CIFAR holds the arrays
+                loader = dali_loader(images, labels, batch, args.dali_threads, dali_device, kind)
             result = time_loader(loader, batch, args.loader_warmup, batches, device)
             del loader
             records.append(
@@ -323,7 +370,8 @@ def child(args: argparse.Namespace, mode_args: list[str], name: str, timeout: fl
 
 def run_plan(args: argparse.Namespace, plan: dict[str, Any], timeout: float) -> dict[str, Any]:
     """One planned pretraining run in a child process; its record, or the failure."""
-    base = {k: plan[k] for k in ("kind", "method", "loader", "batch_size", "config", "stock")}
+    keys = ("kind", "method", "loader", "batch_size", "compiled", "config", "stock")
+    base = {k: plan[k] for k in keys}
     base["overrides"] = plan["overrides"]
     mode_args = [
         "one",
@@ -334,20 +382,21 @@ def run_plan(args: argparse.Namespace, plan: dict[str, Any], timeout: float) -> 
         "--warmup",
         str(plan.get("warmup", args.warmup)),
         *(["--stock"] if plan["stock"] else []),
+        *(["--compile"] if plan["compile_hook"] else []),
         "--",
         *plan["overrides"],
     ]
     started = time.perf_counter()
     try:
-        record = child(
-            args, mode_args, _slug(plan["method"], plan["loader"], plan["batch_size"]), timeout
-        )
+        name = _slug(plan["method"], plan["loader"], plan["batch_size"], plan["compiled"])
+        record = child(args, mode_args, name, timeout)
     except RuntimeError as err:
         print(f"FAILED {plan['method']} / {plan['loader']} / {plan['batch_size']}:\n{err}")
         return {**base, "images_per_s": None, "peak_memory_mib": None, "error": str(err)}
     record = {**base, **record, "process_s": time.perf_counter() - started}
     print(
-        f"{plan['method']:9s} {plan['loader']:34s} batch {plan['batch_size']:4d}: "
+        f"{plan['method']:9s} {plan['loader']:34s} batch {plan['batch_size']:4d}"
+        f"{' compiled' if plan['compiled'] else ''}: "
         f"{record['images_per_s']:9.0f} img/s, peak {record['peak_memory_mib'] or 0:.0f} MiB"
     )
     return record
@@ -356,20 +405,28 @@ def run_plan(args: argparse.Namespace, plan: dict[str, Any], timeout: float) -> 
 def ratios(records: list[dict[str, Any]]) -> list[str]:
     """CueCo / MoCo V2+ step-time ratios and DALI / torchvision speed-ups, where both ran."""
     ok = {
-        (r["method"], r["loader"].split()[0], r["batch_size"]): r["images_per_s"]
+        (r["method"], r["loader"].split()[0], r["batch_size"], bool(r.get("compiled"))): r[
+            "images_per_s"
+        ]
         for r in records
         if r.get("images_per_s") and r["kind"] == "e2e"
     }
     lines = []
-    for (method, loader, batch), speed in sorted(ok.items()):
-        if method == "CueCo" and ("MoCo V2+", loader, batch) in ok:
+    for (method, loader, batch, compiled), speed in sorted(ok.items()):
+        tag = ", compiled" if compiled else ""
+        if method == "CueCo" and ("MoCo V2+", loader, batch, compiled) in ok:
             lines.append(
-                f"CueCo / MoCo V2+ step time, {loader}, batch {batch}: "
-                f"{ok[('MoCo V2+', loader, batch)] / speed:.3f}"
+                f"CueCo / MoCo V2+ step time, {loader}, batch {batch}{tag}: "
+                f"{ok[('MoCo V2+', loader, batch, compiled)] / speed:.3f}"
             )
-        if loader == "dali-cifar" and (method, "torchvision", batch) in ok:
-            gain = speed / ok[(method, "torchvision", batch)]
-            lines.append(f"{method}, batch {batch}: DALI CIFAR {gain:.2f}x the torchvision loader")
+        if loader == "dali-cifar" and (method, "torchvision", batch, compiled) in ok:
+            gain = speed / ok[(method, "torchvision", batch, compiled)]
+            lines.append(
+                f"{method}, batch {batch}{tag}: DALI CIFAR {gain:.2f}x the torchvision loader"
+            )
+        if compiled and (method, loader, batch, False) in ok:
+            gain = speed / ok[(method, loader, batch, False)]
+            lines.append(f"{method}, {loader}, batch {batch}: compiled backbones {gain:.3f}x eager")
     return lines
 
 
@@ -389,26 +446,42 @@ def markdown(report: dict[str, Any]) -> str:
         "torch.cuda.max_memory_allocated over the window; device MiB: all GPU memory in use "
         "(DALI pools and CUDA context included), sampled",
         "",
-        "| method | loader | batch | images/s | window images/s | median step (ms) "
+        "| method | loader | batch | compiled | images/s | window images/s | median step (ms) "
         "| peak MiB | device MiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
     def fmt(value: Any, digits: int = 0) -> str:
         return "-" if value is None else f"{value:,.{digits}f}"
 
     for r in report["records"]:
+        head = f"| {r['method']} | {r['loader']} | {r['batch_size']} | "
+        head += "yes | " if r.get("compiled") else ("no | " if r["kind"] == "e2e" else "- | ")
         if r.get("skipped") or r.get("error"):
             why = r.get("skipped") or "failed: " + r["error"].splitlines()[-1][:80]
-            lines.append(f"| {r['method']} | {r['loader']} | {r['batch_size']} | {why} |||||")
+            lines.append(f"{head}{why} |||||")
             continue
         lines.append(
-            f"| {r['method']} | {r['loader']} | {r['batch_size']} | {fmt(r['images_per_s'])} | "
+            f"{head}{fmt(r['images_per_s'])} | "
             f"{fmt(r.get('window_images_per_s'))} | {fmt(r.get('median_step_ms'), 1)} | "
             f"{fmt(r['peak_memory_mib'])} | {fmt(r.get('device_used_peak_mib'))} |"
         )
     lines += ["", *[f"- {line}" for line in report["ratios"]]]
     return "\n".join(lines) + "\n"
+
+
+def compile_unavailable(device: str) -> str | None:
+    """Why torch.compile cannot run here, or None: inductor needs a C compiler (CPU kernels;
+    on CUDA, Triton builds its launchers with one) and, on CUDA, Triton."""
+    import importlib.util
+    import shutil
+
+    compilers = [os.environ.get("CC", ""), "cc", "gcc", "clang"]
+    if not any(c and shutil.which(c) for c in compilers):
+        return "skipped: no C compiler (cc, gcc, clang) for torch.compile"
+    if device == "cuda" and importlib.util.find_spec("triton") is None:
+        return "skipped: triton is not installed (torch.compile on CUDA needs it)"
+    return None
 
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
@@ -443,11 +516,16 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         ]
     plans = [e2e_plan(args, *run) for run in args.runs]
     if args.imagenette is not None:
-        plans.append(imagenette_plan(args))
-    per_run = args.run_timeout_s
+        plans.insert(min(IMAGENETTE_AFTER, len(plans)), imagenette_plan(args))
+    no_compile = compile_unavailable(args.device)
     for plan in plans:
+        if plan["compiled"] and no_compile:
+            print(f"{no_compile}: {plan['method']} {plan['loader']} {plan['batch_size']}")
+            records.append({**plan, "images_per_s": None, "peak_memory_mib": None})
+            records[-1]["skipped"] = no_compile
+            continue
         left = deadline - time.perf_counter()
-        if left < args.min_run_s:
+        if left < args.min_run_s * (3 if plan["compiled"] else 1):  # compilation takes a while
             print(f"skipped (time): {plan['method']} {plan['loader']} {plan['batch_size']}")
             records.append(
                 {
@@ -458,7 +536,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
             continue
-        records.append(run_plan(args, plan, min(per_run, left)))
+        records.append(run_plan(args, plan, min(plan["timeout_s"], left)))
     machine = machine_record()  # after the runs: this process never opened a CUDA context
     machine["load_average"], machine["load_average_end"] = load_at_start, machine["load_average"]
     report = {
@@ -510,6 +588,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.add_argument("--warmup", type=int, required=True)
         parser.add_argument("--record", type=Path, required=True)
         parser.add_argument("--stock", action="store_true")
+        parser.add_argument("--compile", action="store_true", help="compile the backbones")
         parser.add_argument("overrides", nargs="*")
         args = parser.parse_args(argv[1:])
         args.mode = "one"
@@ -522,8 +601,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--runs",
         nargs="+",
-        default=[":".join(map(str, run)) for run in E2E_RUNS],
-        help="end-to-end runs as method:loader:batch (default: all, in this order)",
+        default=[":".join(map(str, run[:3])) + (":compiled" if run[3] else "") for run in E2E_RUNS],
+        help="end-to-end runs as method:loader:batch[:compiled] (default: all, in this order)",
     )
     parser.add_argument("--warmup", type=int, default=30, help="steps before the window")
     parser.add_argument("--steps", type=int, default=130, help="steps per run (warm-up included)")
@@ -534,22 +613,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dali-threads", type=int, default=4)
     parser.add_argument("--budget-s", type=float, default=450, help="all runs together")
     parser.add_argument("--run-timeout-s", type=float, default=150)
+    parser.add_argument("--compiled-run-timeout-s", type=float, default=240)
     parser.add_argument("--min-run-s", type=float, default=25, help="skip a run with less left")
     parser.add_argument("--tiny", action="store_true", help="CPU test: batch/8, few steps")
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu_throughput"))
     parser.add_argument("--out", type=Path, default=RESULTS / "gpu_throughput.json")
     args = parser.parse_args(argv)
     args.mode = "all"
-    try:
-        args.runs = [(m, loader, int(b)) for m, loader, b in (r.split(":") for r in args.runs)]
-    except ValueError:
-        parser.error(f"--runs {args.runs}: expected method:loader:batch, e.g. cueco:dali:256")
-    for method, loader, _ in args.runs:
-        if method not in METHOD_NAMES or loader not in ("dali", "torchvision"):
+    runs = []
+    for run in args.runs:
+        parts = run.split(":")
+        compiled = parts[3:] == ["compiled"]
+        if len(parts) not in (3, 4) or (len(parts) == 4 and not compiled):
             parser.error(
-                f"--runs {method}:{loader}: methods {sorted(METHOD_NAMES)}, loaders dali, "
-                "torchvision"
+                f"--runs {run}: expected method:loader:batch[:compiled], e.g. cueco:dali:256"
             )
+        method, loader, batch = parts[:3]
+        if method not in METHOD_NAMES or loader not in ("dali", "torchvision"):
+            parser.error(f"--runs {run}: methods {sorted(METHOD_NAMES)}, loaders dali, torchvision")
+        if not batch.isdigit():
+            parser.error(f"--runs {run}: the batch size {batch!r} is not a positive integer")
+        runs.append((method, loader, int(batch), compiled))
+    args.runs = runs
     if args.no_imagenette:
         args.imagenette = None
     args.data, args.work = args.data.resolve(), args.work.resolve()

@@ -6,7 +6,9 @@ augmentations (``configs/pretrain/cifar/augmentations/mocov2plus.yaml``):
 - ``torchvision``: solo-learn's ``build_transform_pipeline`` (PIL) over the arrays and its
   ``prepare_dataloader`` (shuffled, ``drop_last``, pinned memory, ``num_workers`` processes);
 - ``dali``: :func:`cueco_plugin.data.dali_cifar.cifar_train_loader` with solo-learn's DALI
-  augmentations on ``--dali-device`` (``cpu``: DALI's CPU operators; ``gpu``: on the GPU).
+  augmentations on ``--dali-device`` (``cpu``: DALI's CPU operators; ``gpu``: on the GPU, twice:
+  the arrays held on the GPU and gathered there by torch, the default, and the arrays in host
+  memory with each batch copied).
 
 Images/s = source images (two views each) delivered to the training device per second, over
 ``--batches`` batches after ``--warmup`` (worker start-up and pipeline build left out; epochs
@@ -74,8 +76,15 @@ def torchvision_loader(images: np.ndarray, labels: np.ndarray, batch_size: int, 
 
 
 def dali_loader(
-    images: np.ndarray, labels: np.ndarray, batch_size: int, threads: int, dali_device: str
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    threads: int,
+    dali_device: str,
+    arrays: str | None = None,
 ):
+    """DALI CIFAR's training loader; ``arrays``: where the images are held (``None``: the
+    default, :func:`cueco_plugin.data.dali_cifar.arrays_device`)."""
     from solo.data.dali_dataloader import build_transform_pipeline_dali
     from solo.data.pretrain_dataloader import FullTransformPipeline, NCropAugmentation
 
@@ -102,7 +111,15 @@ def dali_loader(
         dali_device=dali_device,
         device_id=pipeline_device_id(dali_device, 0),
         model_device=torch.device("cuda:0" if gpu else "cpu"),
+        arrays=arrays,
     )
+
+
+def dali_settings(dali_device: str, threads: int) -> list[tuple[str, str]]:
+    """(label, arrays) of the DALI CIFAR settings to time: on ``gpu`` the arrays held on the
+    GPU (the default) and in host memory; on ``cpu`` in host memory."""
+    places = ["gpu", "host"] if dali_device == "gpu" else ["host"]
+    return [(f"dali-cifar ({dali_device}, {threads} threads, arrays on {a})", a) for a in places]
 
 
 def cycle(loader: Any) -> Iterator[Any]:
@@ -144,15 +161,16 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     records = []
     for batch_size in args.batch_sizes:
         settings = [(f"torchvision num_workers={w}", "tv", w) for w in args.workers]
-        settings.append(
-            (f"dali-cifar ({args.dali_device}, {args.dali_threads} threads)", "dali", 0)
-        )
+        settings += [
+            (label, arrays, 0)
+            for label, arrays in dali_settings(args.dali_device, args.dali_threads)
+        ]
         for label, kind, workers in settings:
             if kind == "tv":
                 loader = torchvision_loader(images, labels, batch_size, workers)
             else:
                 loader = dali_loader(
-                    images, labels, batch_size, args.dali_threads, args.dali_device
+                    images, labels, batch_size, args.dali_threads, args.dali_device, kind
                 )
             result = time_loader(loader, batch_size, args.warmup, args.batches, device)
             del loader

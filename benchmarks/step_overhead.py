@@ -37,6 +37,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--short", type=int, default=2, help="steps of the short block")
     p.add_argument("--long", type=int, default=12, help="steps of the long block")
     p.add_argument("--tag", default=None, help="file tag (default: <device>-b<batch>)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile both models' backbones (CueCo: method_kwargs.compile_backbones; "
+        "MoCo V2+: the same in-place nn.Module.compile); tag suffix -compiled",
+    )
     args = p.parse_args(argv)
     if args.rounds < 1 or not 1 <= args.short < args.long:
         p.error(f"need --rounds >= 1 and 1 <= --short < --long, got {vars(args)}")
@@ -76,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     cfgs = {
         CONTROL: compose(profile, ["method=mocov2plus", *shared], profile.train_images),
         "cueco": compose(
-            profile, [*STEADY, "method_kwargs.recluster_interval=0", *shared], profile.train_images
+            profile,
+            [*STEADY, "method_kwargs.recluster_interval=0", *shared]
+            + (["++method_kwargs.compile_backbones=True"] if args.compile else []),
+            profile.train_images,
         ),
     }
     images, labels = load_npz(args.data_dir, "train", 4 * args.batch_size)
@@ -86,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, cfg in cfgs.items():
         pl.seed_everything(5)
         model = METHODS[cfg.method](cfg)
+        if args.compile and name == CONTROL:  # what CueCo's compile_backbones does
+            model.backbone.compile()
+            model.momentum_backbone.compile()
         make_contiguous(model)
         if not cfg.performance.disable_channel_last:
             model = model.to(memory_format=torch.channels_last)
@@ -105,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return timer.timeit(1).median
 
-    for name in models:  # untimed: allocations, cudnn autotuning, CueCo's first clustering
-        fit(name, args.short + 1)
+    warmup_s = {}  # untimed: allocations, cudnn autotuning, compilation, the first clustering
+    for name in models:
+        warmup_s[name] = seconds(name, args.short + 1)
     bank = models["cueco"].bank
     if not bank.losses_active:
         raise RuntimeError("CueCo's cluster losses are not active after the warm-up block")
@@ -134,10 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "ratio_of_medians": ratio,
         "per_round_ratios": ratios,
+        "warmup_fit_s": warmup_s,
         "threshold": 1.05,
         "passes": ratio <= 1.05,
     }
     tag = args.tag or f"{'gpu' if record['device'] != 'cpu' else 'cpu'}-b{args.batch_size}"
+    tag += "-compiled" if args.compile and not args.tag else ""
     args.out_dir.mkdir(parents=True, exist_ok=True)
     base = args.out_dir / f"step_overhead_{tag}"
     base.with_suffix(".json").write_text(json.dumps(result, indent=2))
@@ -159,7 +174,10 @@ def markdown(r: dict[str, Any]) -> str:
             f"- Profile `{s['profile']}` with `{' '.join(s['profile_overrides'])}`; {s['rounds']} "
             f"rounds, each a {s['short']}- and a {s['long']}-step block per model (real "
             "Lightning fits on replayed real batches, torch.utils.benchmark); CueCo's cluster "
-            "losses on in every timed step.",
+            "losses on in every timed step."
+            + (" Both backbones torch.compiled (mode default)." if s.get("compile") else ""),
+            f"- Untimed warm-up fit of {s['short'] + 1} steps (compilation included): "
+            + ", ".join(f"{n} {t:.1f} s" for n, t in r.get("warmup_fit_s", {}).items()),
             "",
             "| model | step (ms, median over rounds) | IQR (ms) |",
             "|---|---|---|",

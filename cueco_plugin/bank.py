@@ -238,7 +238,7 @@ class CentroidBank(nn.Module):
         self._pending = stats if self._pending is None else self._pending + stats
 
     @torch.no_grad()
-    def step(self, skipped: torch.Tensor | None = None) -> None:
+    def step(self, skipped: torch.Tensor | None = None) -> torch.Tensor | None:
         """One optimiser step: advances the schedule and, once seeded, applies the pending
         statistics (all-reduced across ranks) as a momentum update, then revives dead clusters.
 
@@ -246,11 +246,15 @@ class CentroidBank(nn.Module):
             skipped: () bool on the device, True when the optimiser skipped this step (e.g.
                 fp16's GradScaler found inf gradients): the bank then does not move. Applied
                 with ``torch.where``, so it costs no host sync.
+
+        Returns:
+            On the steps that look for dead clusters, (K,) bool: the clusters revived (replaced)
+            in this step; else ``None``. Read on the device, no sync.
         """
         self.num_updates += 1
         stats, self._pending = self._pending, None
         if not self.seeded:
-            return
+            return None
         if stats is None:
             stats = self.centroids.new_zeros(self.num_clusters, self.dim + 2)
         if _dist_ready():
@@ -271,7 +275,8 @@ class CentroidBank(nn.Module):
         self.usage.lerp_(share, 1.0 - self.centroid_momentum)
         self.last_active.masked_fill_(has, self.num_updates)
         if self.dead_cluster_steps > 0 and self.num_updates % self.revive_check_interval == 0:
-            self._revive_dead_clusters(counts)
+            return self._revive_dead_clusters(counts)
+        return None
 
     @property
     def revive_check_interval(self) -> int:
@@ -279,7 +284,7 @@ class CentroidBank(nn.Module):
         most 10 % late, and most steps skip the revival's kernels."""
         return max(1, self.dead_cluster_steps // 10)
 
-    def _revive_dead_clusters(self, counts: torch.Tensor) -> None:
+    def _revive_dead_clusters(self, counts: torch.Tensor) -> torch.Tensor:
         """Replaces each dead centroid by a copy of a populous one perturbed by about one donor
         standard deviation (FAISS-style), vectorised. Donors are the clusters with the most
         members this step, in order; the noise comes from a generator keyed by (seed, step), so
@@ -303,6 +308,7 @@ class CentroidBank(nn.Module):
             torch.where(dead, self.concentration.index_select(0, donor), self.concentration)
         )
         self.last_active.masked_fill_(dead, self.num_updates)
+        return dead
 
     def health(self, assignments: torch.Tensor) -> dict[str, torch.Tensor]:
         """Cluster-health values for logging (tensors, no sync).

@@ -49,9 +49,22 @@ CUECO_OPTIONS: dict[str, tuple[Any, str]] = {
     "sinkhorn_queue_keys": (4096, "int>=0"),
     "temperature_mode": ("fixed", ("fixed", "concentration")),
     "negative_mask": ("none", ("none", "hard", "hcsc")),
+    # ablation of what the bank adds: CLD's cross-view loss against a per-batch k-means, on its
+    # own normalised head (0: off, no head)
+    "lambda_cld": (0.0, "number>=0"),
+    "cld_clusters": (128, "int>=2"),
+    "cld_temperature": (0.2, "number>0"),
+    "cld_iters": (5, "int>=1"),
+    "cld_dim": (128, "int>=1"),
     # collapse guard
     "collapse_threshold": (0.05, "number>=0"),
     "stop_on_collapse": (False, "bool"),
+    # speed: torch.compile of the online and momentum backbones (in place, same state dict)
+    "compile_backbones": (False, "bool"),
+    "compile_mode": (
+        "default",
+        ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    ),
 }
 
 #: every CueCo key with its default
@@ -119,10 +132,17 @@ def add_and_validate_method_kwargs(cfg: DictConfig) -> DictConfig:
         elif not _RULES[rule][0](value):
             _fail(key, value, _RULES[rule][1])
 
-    if mk.lambda_nce == mk.lambda_centroid == mk.lambda_variance == 0:
+    if mk.lambda_nce == mk.lambda_centroid == mk.lambda_variance == mk.lambda_cld == 0:
         raise ValueError(
-            "method_kwargs.lambda_nce, lambda_centroid and lambda_variance must not all be 0 "
-            "(got 0, 0, 0): at least one loss must be on"
+            "method_kwargs.lambda_nce, lambda_centroid, lambda_variance and lambda_cld must not "
+            "all be 0 (got 0, 0, 0, 0): at least one loss must be on"
+        )
+    batch = OmegaConf.select(cfg, "optimizer.batch_size", default=None)
+    if mk.lambda_cld > 0 and _is_int(batch) and mk.cld_clusters > batch:
+        raise ValueError(
+            f"method_kwargs.cld_clusters must be at most optimizer.batch_size={batch} (the "
+            f"per-batch k-means of lambda_cld > 0 clusters each process's batch), got "
+            f"{mk.cld_clusters!r}"
         )
     if mk.recluster_interval > 0 and mk.freeze_iters >= mk.recluster_interval:
         raise ValueError(

@@ -20,7 +20,9 @@ One training step, for the two large crops v1, v2 of a batch of B images per ran
    all-reducing the accumulated statistics, unless the optimiser skipped the step.
 
 Total: ``lambda_nce L1 + w (lambda_centroid L2 + lambda_variance L3)`` plus solo-learn's online
-classifier loss on detached features.
+classifier loss on detached features; with ``lambda_cld > 0`` (an ablation of what the bank adds)
+also ``lambda_cld`` times CLD's cross-view loss against per-batch k-means centroids, on a head
+of its own.
 """
 
 from __future__ import annotations
@@ -43,12 +45,14 @@ from cueco_plugin.bank import CentroidBank
 from cueco_plugin.config import add_and_validate_method_kwargs
 from cueco_plugin.losses import (
     centroid_contrast_loss,
+    cross_view_cluster_loss,
     infonce_loss,
     negative_mask,
     sinkhorn,
     variance_scaled_distance_loss,
 )
 from cueco_plugin.metrics import cluster_scores, contingency_table
+from cueco_plugin.sampling import NegativeSampler
 
 
 class KeyQueue(nn.Module):
@@ -108,6 +112,14 @@ class KeyQueue(nn.Module):
         return self.keys.index_select(2, slots).permute(0, 2, 1).reshape(-1, self.keys.shape[1])
 
     @torch.no_grad()
+    def forget(self, clusters: torch.Tensor) -> None:
+        """Unlabels (-1) the keys of the clusters where ``clusters`` (K,) is True, e.g. revived
+        ones, whose old members are no longer theirs; on the device, no sync."""
+        labelled = self.labels >= 0
+        hit = clusters.index_select(0, self.labels.clamp_min(0).view(-1)).view_as(self.labels)
+        self.labels.masked_fill_(labelled & hit, -1)
+
+    @torch.no_grad()
     def relabel(self, bank: CentroidBank) -> None:
         """Re-assigns every real key to the bank's current clusters (after a clustering)."""
         filled = self.filled()
@@ -156,6 +168,7 @@ class CueCo(BaseMomentumMethod):
         self.momentum_projector = _projector(self.features_dim, mk.proj_hidden_dim, dim)
         initialize_momentum_params(self.projector, self.momentum_projector)
         self.queue = KeyQueue(num_views=2, dim=dim, size=mk.queue_size)
+        seed = int(omegaconf_select(cfg, "seed", 0) or 0)
         self.bank = CentroidBank(
             num_clusters=mk.num_clusters,
             dim=dim,
@@ -170,12 +183,24 @@ class CueCo(BaseMomentumMethod):
             dead_cluster_steps=mk.dead_cluster_steps,
             lloyd_iters=mk.lloyd_iters,
             mean_temperature=mk.centroid_temperature,
-            seed=int(omegaconf_select(cfg, "seed", 0) or 0),
+            seed=seed,
         )
+        # HCSC's random draws, reproducible on resume (only when on: other checkpoints unchanged)
+        self.negative_sampler = NegativeSampler(seed) if mk.negative_mask == "hcsc" else None
+        # CLD's normalised head for the per-batch k-means loss (the ablation; only when on, so
+        # that no unused parameter meets DDP and checkpoints without it are unchanged)
+        self.cld_head = nn.Linear(self.features_dim, mk.cld_dim) if mk.lambda_cld > 0 else None
+        # the queue and the bank are replicated by construction (built from all-gathered keys
+        # and all-reduced statistics, clusterings broadcast): DDP need not broadcast them from
+        # rank 0 before every forward, 128 MiB at Q = 65536, D = 256 (once: on_fit_start)
+        self._ddp_params_and_buffers_to_ignore = self.replicated_buffer_names()
         self.collapse_floor = mk.collapse_threshold / math.sqrt(dim)
         self._deferred_seed_reported = False
         self._skipped: torch.Tensor | None = None
         self._val_table: torch.Tensor | None = None
+        if mk.compile_backbones:  # in place: the state dict keys and checkpoints stay the same
+            self.backbone.compile(mode=mk.compile_mode)
+            self.momentum_backbone.compile(mode=mk.compile_mode)
 
     @staticmethod
     def add_and_assert_specific_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
@@ -191,13 +216,30 @@ class CueCo(BaseMomentumMethod):
 
     @property
     def learnable_params(self) -> list[dict[str, Any]]:
-        return super().learnable_params + [
-            {"name": "projector", "params": self.projector.parameters()}
-        ]
+        extra = [{"name": "projector", "params": self.projector.parameters()}]
+        if self.cld_head is not None:
+            extra.append({"name": "cld_head", "params": self.cld_head.parameters()})
+        return super().learnable_params + extra
 
     @property
     def momentum_pairs(self) -> list[tuple[Any, Any]]:
         return super().momentum_pairs + [(self.projector, self.momentum_projector)]
+
+    def replicated_buffer_names(self) -> list[str]:
+        """The queue's and the bank's buffers, by their names in the method's state dict."""
+        return [
+            f"{prefix}.{name}"
+            for prefix, module in (("queue", self.queue), ("bank", self.bank))
+            for name, _ in module.named_buffers()
+        ]
+
+    def on_fit_start(self) -> None:
+        """Rank 0's queue and bank once to every rank (DDP skips them, see ``__init__``)."""
+        super().on_fit_start()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            buffers = dict(self.named_buffers())
+            for name in self.replicated_buffer_names():
+                torch.distributed.broadcast(buffers[name], src=0)
 
     def configure_callbacks(self) -> list[Any]:
         """The run-management callbacks (run folders, atomic checkpoints, interrupts)."""
@@ -265,22 +307,34 @@ class CueCo(BaseMomentumMethod):
 
     def _nce_loss(self, q: torch.Tensor, k: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
         """Symmetric L1 of queries (2B, D) and keys (2B, D), with the queue keys of each query's
-        target cluster ``hard`` (2B,) left out when ``negative_mask`` is on."""
+        target cluster ``hard`` (2B,) left out (``negative_mask: hard``) or sampled out
+        (``hcsc``) while the cluster losses are on: :func:`negative_mask` builds each view's
+        (Q, B) mask, :func:`infonce_loss` computes the masked loss fused (fewer (B, Q) passes
+        than solo-learn's loss, which runs when nothing is masked). HCSC draws from the
+        checkpointed ``negative_sampler`` (``cueco_plugin.sampling``), so a resumed run draws
+        what an uninterrupted one would; without one, from torch's default generator."""
         (q1, q2), (k1, k2) = q.chunk(2), k.chunk(2)
-        queue = self.queue.keys.clone().detach()
         tau = self.mk.temperature
         if self.mk.negative_mask == "none" or not self.bank.losses_active:
+            queue = self.queue.keys.clone().detach()  # saved for a backward after the enqueue
             return (
                 mocov2plus_loss_func(q1, k2, queue[1], tau)
                 + mocov2plus_loss_func(q2, k1, queue[0], tau)
             ) / 2
-        t1, t2 = hard.chunk(2)
+        # the fused loss reads the queue in its forward only: no clone
+        queue, labels = self.queue.keys, self.queue.labels
         mode, c = self.mk.negative_mask, self.bank.centroids
-        m1 = negative_mask(t1, self.queue.labels[1], c, mode)
-        m2 = negative_mask(t2, self.queue.labels[0], c, mode)
-        return (
-            infonce_loss(q1, k2, queue[1], tau, m1) + infonce_loss(q2, k1, queue[0], tau, m2)
-        ) / 2
+        sampler = self.negative_sampler
+
+        def masked(query: torch.Tensor, key: torch.Tensor, t: torch.Tensor, view: int):
+            bits = None  # HCSC's (Q, B) draws, consumed by negative_mask
+            if sampler is not None:
+                bits = sampler.bits(labels.shape[1], len(query), q.device, self.global_rank)
+            mask = negative_mask(t, labels[view], c, mode, bits)  # (Q, B)
+            return infonce_loss(query, key, queue[view], tau, mask, overwrite_mask=True)
+
+        t1, t2 = hard.chunk(2)
+        return (masked(q1, k2, t1, 1) + masked(q2, k1, t2, 0)) / 2
 
     def loss_terms(
         self, q: torch.Tensor, k: torch.Tensor, gathered: torch.Tensor, local: slice
@@ -347,8 +401,19 @@ class CueCo(BaseMomentumMethod):
         loss = self.mk.lambda_nce * nce_loss + weight * (
             self.mk.lambda_centroid * centroid_loss + self.mk.lambda_variance * variance_loss
         )
+        if self.cld_head is not None:
+            cld_loss = self._cld_loss(out["feats"])
+            loss = loss + self.mk.lambda_cld * cld_loss
+            self.log("train_cld_loss", cld_loss, on_step=True, on_epoch=False)
         self._log_training(nce_loss, centroid_loss, variance_loss, weight, gathered, assign)
         return loss + out["loss"]
+
+    def _cld_loss(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """CLD's cross-view loss of this rank's two views (backbone features (B, F) each),
+        projected by ``cld_head`` and L2-normalised, against per-batch k-means centroids."""
+        v1, v2 = (F.normalize(self.cld_head(f), dim=-1) for f in feats[:2])
+        mk = self.mk
+        return cross_view_cluster_loss(v1, v2, mk.cld_clusters, mk.cld_iters, mk.cld_temperature)
 
     def _is_logging_step(self) -> bool:
         """Whether Lightning writes this step's values to its loggers (every
@@ -416,7 +481,9 @@ class CueCo(BaseMomentumMethod):
         optimiser_stepped = self.trainer.global_step > self.last_step
         super().on_train_batch_end(outputs, batch, batch_idx)
         if optimiser_stepped:
-            self.bank.step(skipped=self._skipped)
+            revived = self.bank.step(skipped=self._skipped)
+            if revived is not None:  # their queue labels belonged to the clusters replaced
+                self.queue.forget(revived)
             self._skipped = None
 
     # ------------------------------------------------------------------ validation

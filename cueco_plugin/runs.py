@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from solo.utils.checkpointer import Checkpointer
 from torch.utils.data import BatchSampler, Sampler
 
+from cueco_plugin.config import CUECO_DEFAULTS
 from cueco_plugin.preflight import is_rank_zero
 
 PARTIAL_SUFFIX = ".part"  # a checkpoint being written; never ends in .ckpt
@@ -51,6 +52,9 @@ RESUME_IGNORED = (
     "data.num_workers",
     "data.val_path",
     "debug_augmentations",
+    # speed only: the same math and the same state dict
+    "method_kwargs.compile_backbones",
+    "method_kwargs.compile_mode",
 )
 
 
@@ -87,6 +91,10 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     and differs; empty when a checkpoint with config ``saved`` may be resumed under
     ``current``."""
     a, b = _flatten(saved), _flatten(current)
+    for flat in (a, b):  # a CueCo option added after a run was saved: that run had its default
+        if flat.get("method") == "cueco":
+            for key, default in CUECO_DEFAULTS.items():
+                flat.setdefault(f"method_kwargs.{key}", default)
     keys = sorted(k for k in set(a) | set(b) if not _ignored(k) and a.get(k) != b.get(k))
     return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys]
 

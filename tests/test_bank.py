@@ -617,10 +617,15 @@ def test_dead_cluster_is_revived_after_dead_cluster_steps_next_to_a_populous_don
         before = bank.centroids.clone()
         x = blobs(60, d, centres[:2], 0.05, seed=step, weights=[3.0, 1.0])
         a = bank.assign(x)
-        counts = train_step(bank, x)
+        bank.accumulate(x, a)
+        counts = torch.bincount(a, minlength=5).float()
+        revived_mask = bank.step()
         assert counts[2:].tolist() == [0.0, 0.0, 0.0] and counts[0] > counts[1] > 0
         if step < 3:  # not yet dead for 3 steps
             assert torch.equal(bank.centroids[2:], before[2:])
+            assert not revived_mask.any()
+    # step() names the clusters it replaced
+    assert revived_mask.tolist() == [False, False, True, True, True]
     # after the third empty step: revived as unit vectors near a live donor;
     # dead clusters 2, 3, 4 take donors 0 (most members), 1, then 0 again
     revived = bank.centroids[2:]

@@ -4,14 +4,13 @@ with banks identical to each other and to one process that saw the whole batch."
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from gloo import free_port, gloo_group
 
 from cueco_plugin.bank import CentroidBank
 
@@ -89,22 +88,10 @@ def run_bank(bank: CentroidBank, rank: int, world_size: int) -> dict[str, list]:
 
 
 def worker(rank: int, port: int, out_dir: str, recluster_init: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE
-    )
-    try:
+    with gloo_group(rank, port, WORLD_SIZE):
         bank = make_bank(recluster_init)
         record = run_bank(bank, rank, WORLD_SIZE)
         torch.save({"state": bank.state_dict(), **record}, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("recluster_init", ["warm", "kmeans++"])

@@ -158,6 +158,75 @@ def test_the_same_seed_gives_the_same_batches(cifar):
     assert not torch.equal(batches[0][0][0], batches[2][0][0])
 
 
+def _info(iteration: int, epoch: int):
+    from nvidia.dali.types import BatchInfo
+
+    return BatchInfo(iteration, epoch)
+
+
+def test_the_device_source_gathers_the_host_sources_batches_from_a_torch_tensor(cifar):
+    # the GPU path's callback, run on a CPU tensor: the same index drawing (permutation, shard,
+    # epochs) and the same images, gathered by torch instead of NumPy
+    from cueco_plugin.data.dali_cifar import DeviceEpochShards, EpochShards
+
+    images, _ = _arrays(cifar / "train")
+    host = EpochShards(images, 20, 1, 3, seed=5)
+    device = DeviceEpochShards(torch.from_numpy(images), 20, 1, 3, seed=5)
+    assert device.stream is None and device.steps == host.steps == 5
+    for epoch in (0, 1, 0):
+        for step in range(host.steps):
+            host_images, host_indexes = host(_info(step, epoch))
+            gathered, indexes = device(_info(step, epoch))
+            assert isinstance(gathered, torch.Tensor) and gathered.dtype == torch.uint8
+            assert gathered.shape == (20, 32, 32, 3) and gathered.is_contiguous()
+            assert indexes.dtype == torch.int64 and indexes.tolist() == host_indexes.tolist()
+            assert torch.equal(gathered, torch.from_numpy(host_images))
+        for source in (host, device):
+            with pytest.raises(StopIteration):
+                source(_info(host.steps, epoch))
+
+
+def test_a_pipeline_fed_by_the_torch_gather_gives_the_host_pipelines_batches(cifar):
+    # the device source's dense torch batches through a real DALI external_source (on the CPU
+    # here; on a GPU the same source feeds a GPU external_source on its own stream)
+    from cueco_plugin.data.dali_cifar import DeviceEpochShards, EpochShards, cifar_pipeline
+
+    images, _ = _arrays(cifar / "train")
+    outputs = []
+    for source in (
+        EpochShards(images, 20, 0, 1, seed=3),
+        DeviceEpochShards(torch.from_numpy(images), 20, 0, 1, seed=3),
+    ):
+        pipe = cifar_pipeline(
+            source, _transforms(), "cpu", batch_size=20, num_threads=1, device_id=None, seed=3
+        )
+        pipe.build()
+        outputs.append([[np.array(o.as_tensor()) for o in pipe.run()] for _ in range(6)])
+    for host_batch, device_batch in zip(*outputs):  # 6 batches: into the second epoch
+        assert len(host_batch) == 3  # two views, then the indexes
+        for a, b in zip(host_batch, device_batch):
+            np.testing.assert_array_equal(a, b)
+    assert outputs[0][0][2].tolist() != outputs[0][5][2].tolist()
+
+
+def test_the_arrays_go_to_the_gpu_only_for_dali_gpu_with_cuda(cifar):
+    from cueco_plugin.data.dali_cifar import arrays_device, make_source
+
+    cuda = torch.cuda.is_available()
+    assert arrays_device("gpu") == ("gpu" if cuda else "host")
+    assert arrays_device("cpu") == "host" and arrays_device("gpu", "host") == "host"
+    with pytest.raises(ValueError, match=r"arrays='gpu' needs dali.device='gpu' and CUDA"):
+        arrays_device("cpu", "gpu")
+    with pytest.raises(ValueError, match=r"arrays='pinned': allowed values"):
+        arrays_device("gpu", "pinned")
+    if not cuda:
+        with pytest.raises(ValueError, match=r"torch.cuda.is_available\(\)=False"):
+            arrays_device("gpu", "gpu")
+    images, _ = _arrays(cifar / "train")
+    source = make_source(images, 20, 0, 1, 3, "host", None)
+    assert type(source).__name__ == "EpochShards" and source.images is images
+
+
 def test_a_bad_dali_device_fails_naming_the_value_before_any_pipeline(cifar):
     from cueco_plugin.data.dali_cifar import pretrain_dali_datamodule
 

@@ -69,3 +69,22 @@ def test_gpu_throughput_script_writes_loader_and_end_to_end_records_on_cpu(
     for record in report["records"]:
         assert record["images_per_s"] > 0 and "peak_memory_mib" in record
     assert "| CueCo | dali-cifar (cpu" in out.with_suffix(".md").read_text()
+
+
+def test_gpu_throughput_runs_name_compiled_arms_and_reject_bad_ones(capsys) -> None:
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import gpu_throughput
+
+    args = gpu_throughput.parse_args(["--runs", "cueco:dali:256:compiled", "mocov2plus:dali:512"])
+    assert args.runs == [("cueco", "dali", 256, True), ("mocov2plus", "dali", 512, False)]
+    default = gpu_throughput.parse_args([]).runs
+    assert ("cueco", "dali", 256, True) in default and ("mocov2plus", "dali", 256, True) in default
+    for bad, why in (
+        ("cueco:dali:256:fast", "expected method:loader:batch[:compiled]"),
+        ("cueco:dali", "expected method:loader:batch[:compiled]"),
+        ("simclr:dali:256", "methods ['cueco', 'mocov2plus']"),
+        ("cueco:dali:big", "the batch size 'big' is not a positive integer"),
+    ):
+        with pytest.raises(SystemExit):
+            gpu_throughput.parse_args(["--runs", bad])
+        assert why in capsys.readouterr().err, bad

@@ -147,6 +147,13 @@ def test_relabel_assigns_every_real_key_to_the_banks_clusters_and_leaves_the_res
     assert (queue.labels[:, 3:] == -1).all()  # the random slots stay unlabelled
 
 
+def test_forget_unlabels_only_the_keys_of_the_given_clusters() -> None:
+    queue = KeyQueue(num_views=2, dim=DIM, size=6)
+    queue.enqueue(keys(4), torch.tensor([[0, 1, 2, 1], [2, 2, 0, 3]]))
+    queue.forget(torch.tensor([False, True, True, False]))
+    assert queue.labels.tolist() == [[0, -1, -1, -1, -1, -1], [-1, -1, 0, 3, -1, -1]]
+
+
 def test_state_dict_round_trip_restores_keys_labels_pointer_and_fill() -> None:
     queue = KeyQueue(num_views=2, dim=DIM, size=8)
     queue.enqueue(keys(5), labels(5))

@@ -68,6 +68,16 @@ def no_mask(b: int, q_size: int) -> torch.Tensor:
     return torch.zeros(b, q_size, dtype=torch.bool)
 
 
+def as_drop(mask: torch.Tensor) -> torch.Tensor:
+    """A (B, Q) bool mask (True: dropped) as the (Q, B) float32 mask infonce_loss takes."""
+    return mask.T.contiguous().float()
+
+
+def as_bool(drop: torch.Tensor) -> torch.Tensor:
+    """negative_mask's (Q, B) float32 mask as (B, Q) bool, True where dropped."""
+    return drop.T.bool()
+
+
 # ---------------------------------------------------------------- L1: InfoNCE with a mask
 def test_infonce_matches_hand_computed_value() -> None:
     # B = 1, D = 2: q = (1, 0), k = (0.6, 0.8), queue columns (0, 1), (-1, 0), (0.8, 0.6)
@@ -76,11 +86,11 @@ def test_infonce_matches_hand_computed_value() -> None:
     t = 0.5
     # logits (0.6, 0, -1, 0.8) / 0.5 = (1.2, 0, -2, 1.6), target 0
     full = -1.2 + math.log(math.exp(1.2) + 1.0 + math.exp(-2.0) + math.exp(1.6))
-    assert infonce_loss(q, k, queue, t, no_mask(1, 3)).item() == pytest.approx(full, rel=1e-6)
+    assert infonce_loss(q, k, queue, t).item() == pytest.approx(full, rel=1e-6)
     # masking the third negative (logit 1.6) removes exactly that term
     masked = -1.2 + math.log(math.exp(1.2) + 1.0 + math.exp(-2.0))
     mask = torch.tensor([[False, False, True]])
-    loss = infonce_loss(q, k, queue, t, mask)
+    loss = infonce_loss(q, k, queue, t, as_drop(mask))
     assert loss.dtype == torch.float32 and loss.shape == ()
     assert loss.item() == pytest.approx(masked, rel=1e-6)
 
@@ -92,20 +102,21 @@ def test_infonce_without_masked_negatives_is_solo_learns_moco_loss() -> None:
     for seed in range(5):
         q, k, queue = moco_inputs(b=32, d=64, q_size=300, seed=seed)
         for t in (0.07, 0.2, 1.0):
-            ours = infonce_loss(q, k, queue, t, no_mask(32, 300))
-            ref = mocov2plus_loss_func(q, k, queue, t)
+            q1, q2 = q.clone().requires_grad_(True), q.clone().requires_grad_(True)
+            ours = infonce_loss(q1, k, queue, t)
+            ref = mocov2plus_loss_func(q2, k, queue, t)
             torch.testing.assert_close(ours, ref, rtol=1e-6, atol=0.0)
+            ours.backward()
+            ref.backward()
+            torch.testing.assert_close(q1.grad, q2.grad, rtol=1e-5, atol=1e-7)
 
 
-@requires_solo
-def test_infonce_without_masked_negatives_is_solo_learns_moco_loss_bit_for_bit() -> None:
-    from solo.losses.mocov2plus import mocov2plus_loss_func
-
+def test_infonce_with_an_all_false_mask_is_the_unmasked_loss_bit_for_bit() -> None:
     for seed in range(5):
         q, k, queue = moco_inputs(b=32, d=64, q_size=300, seed=seed)
         for t in (0.07, 0.2, 1.0):
-            ours = infonce_loss(q, k, queue, t, no_mask(32, 300))
-            assert torch.equal(ours, mocov2plus_loss_func(q, k, queue, t)), (seed, t)
+            ours = infonce_loss(q, k, queue, t, as_drop(no_mask(32, 300)))
+            assert torch.equal(ours, infonce_loss(q, k, queue, t)), (seed, t)
 
 
 @requires_solo
@@ -118,7 +129,7 @@ def test_infonce_with_masked_negatives_is_solo_learns_moco_loss_on_the_reduced_q
     columns[[0, 3, 4, 17, 39]] = True
     mask = columns.expand(12, 40)
     torch.testing.assert_close(
-        infonce_loss(q, k, queue, 0.2, mask),
+        infonce_loss(q, k, queue, 0.2, as_drop(mask)),
         mocov2plus_loss_func(q, k, queue[:, ~columns], 0.2),
         rtol=1e-6,
         atol=1e-6,
@@ -134,7 +145,7 @@ def test_infonce_with_masked_negatives_is_solo_learns_moco_loss_on_the_reduced_q
     )
     assert per_query[0].item() == 0.0  # log(exp(pos) / exp(pos))
     torch.testing.assert_close(
-        infonce_loss(q, k, queue, 0.2, mask), per_query.mean(), rtol=1e-6, atol=1e-6
+        infonce_loss(q, k, queue, 0.2, as_drop(mask)), per_query.mean(), rtol=1e-6, atol=1e-6
     )
 
 
@@ -145,7 +156,7 @@ def test_infonce_sends_gradients_to_query_only_and_none_through_masked_negatives
     queue.requires_grad_(True)
     mask = torch.zeros(12, 40, dtype=torch.bool)
     mask[:, :20] = True
-    infonce_loss(q, k, queue, 0.2, mask).backward()
+    infonce_loss(q, k, queue, 0.2, as_drop(mask)).backward()
     assert q.grad is not None and torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
     assert k.grad is None and queue.grad is None
     # d/dq_b = (sum_j p_bj n_j - (1 - p_b0) k_b) / (t B): masked negatives have p_bj = 0
@@ -162,7 +173,7 @@ def test_infonce_sends_gradients_to_query_only_and_none_through_masked_negatives
 def test_infonce_with_every_negative_masked_is_zero_with_zero_gradient() -> None:
     q, k, queue = moco_inputs()
     q.requires_grad_(True)
-    loss = infonce_loss(q, k, queue, 0.2, torch.ones(12, 40, dtype=torch.bool))
+    loss = infonce_loss(q, k, queue, 0.2, torch.ones(40, 12))
     loss.backward()
     assert loss.item() == 0.0
     assert torch.equal(q.grad, torch.zeros_like(q))
@@ -173,7 +184,7 @@ def test_infonce_in_half_precision_is_float32_and_matches_full_precision(
     dtype: torch.dtype,
 ) -> None:
     q, k, queue = moco_inputs(b=32, d=64, q_size=256, seed=3)
-    mask = torch.rand(32, 256, generator=torch.Generator().manual_seed(4)) < 0.2
+    mask = as_drop(torch.rand(32, 256, generator=torch.Generator().manual_seed(4)) < 0.2)
     qh = q.to(dtype).requires_grad_(True)
     low = infonce_loss(qh, k.to(dtype), queue.to(dtype), 0.07, mask)
     low.backward()
@@ -406,7 +417,7 @@ def test_losses_under_cpu_bf16_autocast_match_float32() -> None:
     x = torch.randn(20, 12, generator=gen)
     _, c, v, a = random_inputs(b=20, k=5, d=8, seed=4)
     key, queue = F.normalize(torch.randn(20, 8, generator=gen), dim=1), torch.randn(8, 30)
-    mask = torch.rand(20, 30, generator=gen) < 0.3
+    mask = as_drop(torch.rand(20, 30, generator=gen) < 0.3)
 
     def all_losses(q: torch.Tensor) -> list[torch.Tensor]:
         return both_losses(q, c, v, a) + [infonce_loss(q, key, queue, 0.2, mask)]
@@ -525,7 +536,9 @@ def test_hard_negative_mask_drops_exactly_the_labelled_slots_of_the_target_clust
     targets = torch.tensor([0, 2, 1])
     labels = torch.tensor([0, -1, 2, 0, 1, -1, 2])
     c = torch.eye(3, 4)
-    mask = negative_mask(targets, labels, c, "hard")
+    drop = negative_mask(targets, labels, c, "hard")
+    assert drop.dtype == torch.float32 and drop.shape == (7, 3) and drop.is_contiguous()
+    mask = as_bool(drop)
     expected = torch.tensor(
         [
             [True, False, False, True, False, False, False],  # the -1 slots are not cluster 0
@@ -533,7 +546,8 @@ def test_hard_negative_mask_drops_exactly_the_labelled_slots_of_the_target_clust
             [False, False, False, False, True, False, False],
         ]
     )
-    assert mask.dtype == torch.bool and torch.equal(mask, expected)
+    assert torch.equal(mask, expected)
+    assert set(drop.unique().tolist()) == {0.0, 1.0}
 
 
 def test_hard_negative_mask_on_random_labels_equals_label_equality() -> None:
@@ -542,7 +556,7 @@ def test_hard_negative_mask_on_random_labels_equals_label_equality() -> None:
     labels = torch.randint(-1, 7, (500,), generator=gen)
     c = F.normalize(torch.randn(7, 16, generator=gen), dim=1)
     expected = (targets[:, None] == labels[None, :]) & (labels >= 0)[None, :]
-    assert torch.equal(negative_mask(targets, labels, c, "hard"), expected)
+    assert torch.equal(as_bool(negative_mask(targets, labels, c, "hard")), expected)
     # a queue of unlabelled slots only (before the bank is seeded) drops nothing
     unlabelled = torch.full((500,), -1)
     assert not negative_mask(targets, unlabelled, c, "hard").any()
@@ -565,8 +579,10 @@ def test_hcsc_negative_mask_drops_by_centroid_similarity() -> None:
     torch.manual_seed(0)  # the mask draws from the global generator
     targets = torch.zeros(64, dtype=torch.long)
     labels = torch.tensor([0, 1, 2, 3, -1]).repeat_interleave(1000)
-    mask = negative_mask(targets, labels, hcsc_centroids(s), "hcsc")
-    assert mask.shape == (64, 5000) and mask.dtype == torch.bool
+    drop = negative_mask(targets, labels, hcsc_centroids(s), "hcsc")
+    assert drop.shape == (5000, 64) and drop.dtype == torch.float32
+    assert set(drop.unique().tolist()) == {0.0, 1.0}
+    mask = as_bool(drop)
     same, near, orthogonal, opposite, unlabelled = mask.view(64, 5, 1000).unbind(dim=1)
     assert same.all()  # similarity 1: always dropped
     assert not orthogonal.any()  # similarity 0: never dropped
@@ -584,7 +600,7 @@ def test_hcsc_negative_mask_always_drops_the_same_cluster_for_random_centroids()
     targets = torch.randint(20, (128,), generator=gen)
     labels = torch.randint(-1, 20, (4096,), generator=gen)
     torch.manual_seed(1)
-    mask = negative_mask(targets, labels, c, "hcsc")
+    mask = as_bool(negative_mask(targets, labels, c, "hcsc"))
     same = (targets[:, None] == labels[None, :]) & (labels >= 0)[None, :]
     assert mask[same].all()
     assert not mask[:, labels < 0].any()

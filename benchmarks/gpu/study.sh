@@ -11,6 +11,7 @@
 # the study writes what it has), and copies results.{csv,md}, knn_per_epoch.png, metadata.json
 # and study.log to $OUT: about 8.7 minutes in all. Then, here: copy them into
 # benchmarks/results/gpu_study/. `study.sh confirm control|best [ARM]`: see confirm.sh.
+# `study.sh cld` (instead of `run`, same carry): the CLD ablation, benchmarks/studies/cld_study.yaml.
 # The python part runs on a CPU at a tiny budget as docs/benchmarks.md shows.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,6 +29,11 @@ case "$mode" in
         name=gpu_study
         args=(--budget-minutes "${BUDGET_MIN:-7.6}")
         ;;
+    cld)  # issue 11 (d), when no bank arm of gpu_study won: 3 arms + the seed-6 pair, ~5 min
+        name=cld_study
+        arms=benchmarks/studies/cld_study.yaml
+        args=(--budget-minutes "${BUDGET_MIN:-7.6}")
+        ;;
     confirm)
         name=gpu_confirm_study
         files+=(cifar10_train_3 cifar10_train_4)
@@ -41,7 +47,7 @@ case "$mode" in
         [ -n "$arm" ] || { echo "usage: study.sh confirm control | best [ARM]"; exit 2; }
         args=(--profile gpu-confirm --name "$name" --only "$arm" --rerun-seed 0)
         ;;
-    *) echo "usage: study.sh stage | run | confirm control|best [ARM]"; exit 2 ;;
+    *) echo "usage: study.sh stage | run | cld | confirm control|best [ARM]"; exit 2 ;;
 esac
 
 SITE=/tmp/site
@@ -68,7 +74,7 @@ done
 
 echo "== [$(date -u +%FT%TZ)] study.py ${args[*]}"
 timeout --signal=INT --kill-after=20 "${STUDY_TIMEOUT_S:-500}" \
-    python3 benchmarks/study.py --arms benchmarks/studies/gpu_study.yaml \
+    python3 benchmarks/study.py --arms "${arms:-benchmarks/studies/gpu_study.yaml}" \
     --data-dir "${dirs[@]}" --out-dir .gpu/results "${args[@]}" ${STUDY_ARGS:-}
 echo "study.py exit status: $?"
 for f in results.csv results.md knn_per_epoch.png metadata.json; do

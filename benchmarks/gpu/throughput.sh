@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# GPU throughput of MoCo V2+ and CueCo (torchvision loader vs DALI CIFAR), the DALI CIFAR loader
-# alone, and solo-learn's own DALI path on Imagenette, on one lent H100/H200 machine (Python 3.12,
-# torch 2.11 + CUDA 13, no DALI). Run from the repository root on the device machine, one stage
+# GPU throughput of MoCo V2+ and CueCo (torchvision loader vs DALI CIFAR; at batch 256 with DALI
+# also with torch.compiled backbones), the DALI CIFAR loader alone (arrays held on the GPU and in
+# host memory), and solo-learn's own DALI path on Imagenette, on one lent H100/H200 machine
+# (Python 3.12, torch 2.11 + CUDA 13 with its Triton, no DALI). Run from the repository root on the device machine, one stage
 # per device call, back to back while the machine stays warm (see benchmarks/gpu/README.md):
 #
 #   bash benchmarks/gpu/throughput.sh stage N     # N = 1..5: unpack what call N carried
@@ -91,6 +92,11 @@ p = probe(); p.build(); p.run()
 print("torch", torch.__version__, torch.cuda.get_device_name() if gpu else "cpu", "| dali",
       nvidia.dali.__version__, "| lightning", lightning.__version__, "| torchmetrics",
       torchmetrics.__version__, "| solo", solo.__file__)
+import importlib.util, shutil
+triton = importlib.util.find_spec("triton")  # torch.compile's runs need it and a C compiler
+print("torch.compile: triton", "found" if triton else "MISSING", "| C compiler",
+      next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), "MISSING"),
+      "(compiled runs are skipped without them)")
 EOF
     echo "== [$(date -u +%FT%TZ)] measure (budget ${BUDGET_S:-420} s)"
     # shellcheck disable=SC2086

@@ -6,9 +6,17 @@ torchvision's CIFAR files) stay in host memory; a DALI ``external_source`` callb
 :class:`EpochShards`, hands the pipeline each batch's images and sample indexes; the views are made
 by solo-learn's own DALI augmentations (``build_transform_pipeline_dali``: random resized crop,
 colour jitter, grayscale, Gaussian blur, solarisation, flip, normalisation, each drawing its
-parameters per sample) on ``dali.device`` (``gpu``: the batch is copied to the GPU, 3 KiB per
-image, and augmented there; ``cpu``: DALI's CPU operators). solo-learn's ``PretrainWrapper`` turns
-the outputs into its batches.
+parameters per sample) on ``dali.device``. solo-learn's ``PretrainWrapper`` turns the outputs into
+its batches.
+
+- ``dali.device: gpu`` with CUDA (:func:`arrays_device` ``"gpu"``): the training images are copied
+  to the GPU once, as one uint8 torch tensor (150 MiB for CIFAR's 50,000 images);
+  :class:`DeviceEpochShards` draws each batch's indexes on the host (the same
+  :class:`EpochShards` logic) and gathers the batch on the GPU with torch, on a CUDA stream of its
+  own that the GPU ``external_source`` is given (``cuda_stream``), so DALI's copy of the batch is
+  ordered after the gather by construction (see that class for the stream and memory rules).
+- ``dali.device: cpu`` (or ``arrays="host"``): the arrays stay in host memory and the callback
+  returns ``images[indexes]`` as NumPy (on ``gpu`` DALI then copies it, 3 KiB per image).
 
 - Each epoch a fresh permutation of the dataset, drawn from ``(seed, epoch)``, identical on every
   rank; rank ``r`` of ``R`` serves the ``r``-th of ``R`` equal slices of it, in full batches: the
@@ -25,6 +33,7 @@ the outputs into its batches.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Callable
@@ -34,6 +43,7 @@ import numpy as np
 import nvidia.dali.fn as fn
 import nvidia.dali.types as types
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from nvidia.dali import pipeline_def
 from nvidia.dali.plugin.pytorch import LastBatchPolicy
 from solo.data.dali_dataloader import PretrainWrapper
@@ -75,17 +85,121 @@ class EpochShards:
             self._order = order[self.start : self.start + self.steps * self.batch_size]
         return self._order
 
-    def __call__(self, info: types.BatchInfo) -> tuple[np.ndarray, np.ndarray]:
+    def batch_slice(self, info: types.BatchInfo) -> slice:
+        """This batch's positions in :meth:`epoch_indexes`; ``StopIteration`` past the last."""
         if info.iteration >= self.steps:
             raise StopIteration
         first = info.iteration * self.batch_size
-        indexes = self.epoch_indexes(info.epoch_idx)[first : first + self.batch_size]
+        return slice(first, first + self.batch_size)
+
+    def __call__(self, info: types.BatchInfo) -> tuple[np.ndarray, np.ndarray]:
+        indexes = self.epoch_indexes(info.epoch_idx)[self.batch_slice(info)]
         return self.images[indexes], indexes
+
+
+class DeviceEpochShards(EpochShards):
+    """:class:`EpochShards` over images held as one torch tensor: each batch is gathered where
+    the tensor lives (``index_select``), ``(images (B, H, W, 3) uint8, indexes (B,) int64)``, both
+    torch tensors on that device. The indexes are drawn on the host exactly as in
+    :class:`EpochShards` (same permutation, shards, epochs); each epoch's order goes to the device
+    once (8 bytes per image), so a batch costs one gather kernel and no host-device copy.
+
+    On a CUDA device everything runs on :attr:`stream`, a stream of this source's own, which the
+    pipeline's GPU ``external_source`` is given as ``cuda_stream``. That makes it correct by
+    construction, whichever thread DALI calls it from and whatever torch's current stream there:
+
+    - DALI copies the returned batch (``no_copy=False``) into its own buffer with
+      ``cudaMemcpyAsync`` on :attr:`stream` and records an event its operators wait on, so the copy
+      runs after the gather and the augmentations after the copy;
+    - the gathered tensors are allocated on :attr:`stream`; when the callback's result is dropped
+      torch's caching allocator may hand their memory out again only to later work on that same
+      stream, i.e. after DALI's copy: no reference has to be kept;
+    - :attr:`stream` waits once for the upload of the images (made on the caller's stream), and
+      the images' memory is recorded as used on :attr:`stream`, so it is not reused before the
+      last gather when the source is dropped.
+
+    Args:
+        images: the whole training set, (N, H, W, 3) uint8 torch tensor, on the GPU (or the CPU,
+            which takes the same code path without streams: how it is tested without a GPU).
+        batch_size, shard_id, num_shards, seed: as :class:`EpochShards`.
+    """
+
+    def __init__(
+        self, images: torch.Tensor, batch_size: int, shard_id: int, num_shards: int, seed: int
+    ) -> None:
+        super().__init__(images, batch_size, shard_id, num_shards, seed)  # type: ignore[arg-type]
+        self.device = images.device
+        self.stream: torch.cuda.Stream | None = None
+        if self.device.type == "cuda":
+            self.stream = torch.cuda.Stream(self.device)
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+            images.record_stream(self.stream)  # its memory outlives the gathers reading it
+        self._device_epoch, self._device_order = -1, torch.empty(0, dtype=torch.long)
+
+    def _on_stream(self) -> contextlib.AbstractContextManager:
+        return (
+            torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+        )
+
+    def __call__(self, info: types.BatchInfo) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.batch_slice(info)
+        with self._on_stream():
+            if info.epoch_idx != self._device_epoch:
+                order = torch.from_numpy(self.epoch_indexes(info.epoch_idx))
+                self._device_order = order.to(self.device, non_blocking=True)
+                self._device_epoch = info.epoch_idx
+            indexes = self._device_order[batch]
+            return self.images.index_select(0, indexes), indexes
+
+
+def arrays_device(dali_device: str, requested: str | None = None) -> str:
+    """Where the training arrays are held: ``"gpu"`` (one CUDA copy, batches gathered there by
+    :class:`DeviceEpochShards`) or ``"host"`` (:class:`EpochShards`). ``requested=None`` picks
+    ``"gpu"`` for ``dali_device="gpu"`` when CUDA is available, else ``"host"``.
+
+    Raises:
+        ValueError: ``requested`` other than ``None`` / ``"gpu"`` / ``"host"``, or ``"gpu"``
+            without CUDA or with ``dali_device="cpu"``.
+    """
+    if requested not in (None, "gpu", "host"):
+        raise ValueError(f"arrays={requested!r}: allowed values are [None, 'gpu', 'host']")
+    cuda = torch.cuda.is_available()
+    if requested == "gpu" and not (dali_device == "gpu" and cuda):
+        raise ValueError(
+            f"arrays='gpu' needs dali.device='gpu' and CUDA, got dali.device={dali_device!r} "
+            f"and torch.cuda.is_available()={cuda}"
+        )
+    if requested is None:
+        return "gpu" if dali_device == "gpu" and cuda else "host"
+    return requested
+
+
+def make_source(
+    images: np.ndarray,
+    batch_size: int,
+    shard_id: int,
+    num_shards: int,
+    seed: int,
+    arrays: str,
+    device_id: int | None,
+) -> EpochShards:
+    """The ``external_source`` callback for ``arrays`` (:func:`arrays_device`): the host arrays,
+    or one copy of them on CUDA device ``device_id`` (made here, on torch's current stream)."""
+    if arrays == "host":
+        return EpochShards(images, batch_size, shard_id, num_shards, seed)
+    device = torch.device("cuda", 0 if device_id is None else device_id)
+    resident = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    return DeviceEpochShards(resident, batch_size, shard_id, num_shards, seed)
 
 
 @pipeline_def(enable_conditionals=True)
 def cifar_pipeline(source: EpochShards, transforms: Callable, dali_device: str) -> tuple:
-    """Views of each batch by ``transforms`` (solo-learn's DALI augmentations), then indexes."""
+    """Views of each batch by ``transforms`` (solo-learn's DALI augmentations), then indexes.
+    A source on a CUDA device feeds a GPU ``external_source`` on its own stream."""
+    stream = getattr(source, "stream", None)
+    # DALI asks torch for its current CUDA stream when a torch tensor comes without one, which
+    # fails without CUDA: a torch source on the CPU (host-to-host copies) names the null stream
+    host_stream = 0 if isinstance(source, DeviceEpochShards) else None
     images, indexes = fn.external_source(
         source=source,
         num_outputs=2,
@@ -94,8 +208,10 @@ def cifar_pipeline(source: EpochShards, transforms: Callable, dali_device: str) 
         layout=["HWC", ""],
         dtype=[types.UINT8, types.INT64],
         ndim=[3, 0],
+        device="gpu" if stream is not None else "cpu",
+        cuda_stream=stream if stream is not None else host_stream,
     )
-    if dali_device == "gpu":
+    if dali_device == "gpu" and stream is None:
         images, indexes = images.gpu(), indexes.gpu()
     return (*transforms(images), indexes)
 
@@ -113,6 +229,7 @@ def cifar_train_loader(
     seed: int = 12,
     device_id: int | None = None,
     model_device: torch.device | str = "cpu",
+    arrays: str | None = None,
 ) -> PretrainWrapper:
     """solo-learn's ``PretrainWrapper`` over :func:`cifar_pipeline`, ``len()`` = batches per
     epoch of this rank.
@@ -123,8 +240,11 @@ def cifar_train_loader(
         output_names: one name per view (solo-learn's ``large0, ..., small0, ...``).
         device_id: the pipeline's CUDA device (``None``: CPU only).
         model_device: where the labels lookup and the batches live.
+        arrays: where the images are held, ``"gpu"`` / ``"host"`` / ``None`` (automatic, see
+            :func:`arrays_device`).
     """
-    source = EpochShards(images, batch_size, shard_id, num_shards, seed)
+    arrays = arrays_device(dali_device, arrays)
+    source = make_source(images, batch_size, shard_id, num_shards, seed, arrays, device_id)
     pipeline = cifar_pipeline(
         source,
         transforms,
@@ -188,6 +308,16 @@ class CifarDALIDataModule(CPUCapablePretrainDALIDataModule):
             labels = np.full_like(labels, -1)
         gpu = self.dali_device == "gpu" and torch.cuda.is_available()
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if gpu else "cpu")
+        self.arrays = arrays_device(self.dali_device)
+        rank_zero_info(
+            f"DALI CIFAR: {len(images)} training images held "
+            + (
+                f"on {self.device}, batches gathered there"
+                if self.arrays == "gpu"
+                else "in host memory"
+            )
+            + f"; views by DALI on the {self.dali_device.upper()}"
+        )
         self.train_loader = cifar_train_loader(
             images,
             labels,
@@ -202,6 +332,7 @@ class CifarDALIDataModule(CPUCapablePretrainDALIDataModule):
             seed=self.seed,
             device_id=pipeline_device_id(self.dali_device, local_rank),
             model_device=self.device,
+            arrays=self.arrays,
         )
 
 
