@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cueco_plugin.bank import nearest_centroid
 from cueco_plugin.sampling import BITS, uniform_bits
 
 VARIANCE_SCALINGS: tuple[str, ...] = ("divide", "multiply", "none")
@@ -79,6 +80,7 @@ class _MaskedInfoNCE(torch.autograd.Function):
             return loss
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # no double backward: refused, not dropped
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (grad_query,) = ctx.saved_tensors
         return grad_query * grad.float(), None, None, None, None, None
@@ -296,17 +298,17 @@ def batch_kmeans(
         centroids = x[:num_clusters].detach()
         with torch.no_grad():
             for _ in range(iterations):
-                # argmin ||x - c||^2 = argmin ||c||^2 - 2 x.c
-                labels = (centroids.square().sum(1) - 2 * x.detach() @ centroids.T).argmin(1)
+                labels = nearest_centroid(x.detach(), centroids)
                 centroids = _cluster_means(x.detach(), labels, num_clusters)
         return labels, _cluster_means(x, labels, num_clusters)
 
 
 def _cluster_means(x: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """(K, D) means of the rows of x (N, D) per label (N,); zero for an empty label."""
+    """(K, D) means of the rows of x (N, D) per label (N,); zero for an empty label. Sums and
+    counts by ``index_add`` (``bincount`` would read its input's range on the host)."""
     sums = x.new_zeros(k, x.shape[1]).index_add(0, labels, x)
-    counts = torch.bincount(labels, minlength=k).clamp_min(1).to(x.dtype)
-    return sums / counts.unsqueeze(1)
+    counts = x.new_zeros(k).index_add_(0, labels, x.new_ones(labels.shape[0]))
+    return sums / counts.clamp_min(1.0).unsqueeze(1)
 
 
 def cross_view_cluster_loss(

@@ -231,8 +231,9 @@ def test_hcsc_drops_each_pair_at_the_quantised_probability_of_its_clusters() -> 
 def test_hcsc_with_the_same_bits_is_the_same_mask_and_consumes_them() -> None:
     c, targets, labels = clusters_and_queue(seed=2)
     draw = uniform_bits(labels.shape[0], targets.shape[0], "cpu", torch.Generator().manual_seed(3))
-    copy = draw.clone()
+    copy, original = draw.clone(), draw.clone()
     first = negative_mask(targets, labels, c, "hcsc", draw)
+    assert not torch.equal(draw, original)  # consumed: the bits' memory was reused
     assert torch.equal(first, negative_mask(targets, labels, c, "hcsc", copy))
     again = uniform_bits(labels.shape[0], targets.shape[0], "cpu", torch.Generator().manual_seed(4))
     assert not torch.equal(first, negative_mask(targets, labels, c, "hcsc", again))
@@ -261,7 +262,7 @@ def test_uniform_bits_reuse_the_given_buffer() -> None:
 def test_stream_seeds_differ_per_draw_in_their_low_32_bits_and_per_rank() -> None:
     low = {stream_seed(5, 0, draw) & 0xFFFFFFFF for draw in range(10_000)}
     assert len(low) == 10_000
-    assert stream_seed(5, 0, 0) != stream_seed(5, 1, 0) != stream_seed(6, 0, 0)
+    assert len({stream_seed(5, 0, 0), stream_seed(5, 1, 0), stream_seed(6, 0, 0)}) == 3
     assert all(
         0 <= stream_seed(s, r, d) < 2**63 for s in (0, 2**40) for r in (0, 7) for d in (0, 9)
     )

@@ -29,7 +29,7 @@ case "$mode" in
         name=gpu_study
         args=(--budget-minutes "${BUDGET_MIN:-7.6}")
         ;;
-    cld)  # issue 11 (d), when no bank arm of gpu_study won: 3 arms + the seed-6 pair, ~5 min
+    cld)  # issue 11 (d), when no bank arm of gpu_study won: 3 arms + the seed-6 pair (est. 5 min)
         name=cld_study
         arms=benchmarks/studies/cld_study.yaml
         args=(--budget-minutes "${BUDGET_MIN:-7.6}")

@@ -210,6 +210,7 @@ def cifar_pipeline(source: EpochShards, transforms: Callable, dali_device: str) 
         ndim=[3, 0],
         device="gpu" if stream is not None else "cpu",
         cuda_stream=stream if stream is not None else host_stream,
+        no_copy=False,  # DALI copies each batch on ``stream``: what DeviceEpochShards relies on
     )
     if dali_device == "gpu" and stream is None:
         images, indexes = images.gpu(), indexes.gpu()
