@@ -22,7 +22,6 @@ hurt the many small cluster ops most: compare like with like (``--threads``; loa
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from functools import partial
@@ -38,7 +37,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from sslbench.configs import cli  # noqa: E402
-from sslbench.report import describe, machine_record  # noqa: E402
+from sslbench.report import describe, machine_record, save_result  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -235,12 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     threads = torch.get_num_threads()
     cpu = f"cpu-{threads}thread" + ("s" if threads != 1 else "")  # as the earlier files
     tag = args.tag or (f"cuda-{gpu}" if args.device.startswith("cuda") else cpu)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    base = args.out_dir / f"bank_overhead_{tag}"
-    base.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    base.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
-    print(f"saved {base}.json and {base}.md")
+    save_result(args.out_dir / f"bank_overhead_{tag}", result, markdown(result))
 
 
 if __name__ == "__main__":

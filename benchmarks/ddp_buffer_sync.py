@@ -32,7 +32,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from sslbench.configs import cli  # noqa: E402
-from sslbench.report import describe, machine_record  # noqa: E402
+from sslbench.report import describe, machine_record, save_result  # noqa: E402
 
 ARMS = ("shipped", "broadcast-all")
 
@@ -170,11 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         "results": rows,
     }
     tag = args.tag or (f"{args.world}gpu" if cuda else f"cpu-{args.world}proc")
-    base = args.out_dir / f"ddp_buffer_sync_{tag}"
-    base.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    base.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
-    print(f"saved {base}.json and {base}.md")
+    save_result(args.out_dir / f"ddp_buffer_sync_{tag}", result, markdown(result))
 
 
 if __name__ == "__main__":

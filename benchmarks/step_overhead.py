@@ -13,7 +13,6 @@ losses are on in every timed step. Writes ``benchmarks/results/step_overhead_<ta
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from sslbench.configs import CONTROL, cli, compose, load_profile, trainer_kwargs  # noqa: E402
-from sslbench.report import describe, machine_record  # noqa: E402
+from sslbench.report import describe, machine_record, save_result  # noqa: E402
 
 STEADY = ("method_kwargs.warmup_iters=0", "method_kwargs.freeze_iters=0")
 
@@ -153,11 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     tag = args.tag or f"{'gpu' if record['device'] != 'cpu' else 'cpu'}-b{args.batch_size}"
     tag += "-compiled" if args.compile and not args.tag else ""
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    base = args.out_dir / f"step_overhead_{tag}"
-    base.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    base.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    save_result(args.out_dir / f"step_overhead_{tag}", result, markdown(result))
     return 0
 
 

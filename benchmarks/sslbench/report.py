@@ -5,6 +5,7 @@ measured."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import subprocess
@@ -98,6 +99,15 @@ def machine_record() -> dict[str, Any]:
         "versions": versions(),
         "load_average": load_average(),
     }
+
+
+def save_result(base: Path, result: dict[str, Any], markdown: str) -> None:
+    """Writes ``base.json`` (the result) and ``base.md`` (its table) and prints the table."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    base.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    base.with_suffix(".md").write_text(markdown)
+    print(markdown)
+    print(f"saved {base}.json and {base}.md")
 
 
 def describe(record: dict[str, Any]) -> list[str]:
