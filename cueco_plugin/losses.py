@@ -295,11 +295,11 @@ def batch_kmeans(
     """
     with _fp32(features.device):
         x = features.float()
-        centroids = x[:num_clusters].detach()
-        with torch.no_grad():
-            for _ in range(iterations):
-                labels = nearest_centroid(x.detach(), centroids)
-                centroids = _cluster_means(x.detach(), labels, num_clusters)
+        fixed = x.detach()
+        centroids = fixed[:num_clusters]
+        for _ in range(iterations - 1):  # the last step's means are the ones returned
+            centroids = _cluster_means(fixed, nearest_centroid(fixed, centroids), num_clusters)
+        labels = nearest_centroid(fixed, centroids)
         return labels, _cluster_means(x, labels, num_clusters)
 
 

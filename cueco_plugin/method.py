@@ -238,7 +238,7 @@ class CueCo(BaseMomentumMethod):
         super().on_fit_start()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             buffers = dict(self.named_buffers())
-            for name in self.replicated_buffer_names():
+            for name in self._ddp_params_and_buffers_to_ignore:
                 torch.distributed.broadcast(buffers[name], src=0)
 
     def configure_callbacks(self) -> list[Any]:
@@ -312,7 +312,7 @@ class CueCo(BaseMomentumMethod):
         (Q, B) mask, :func:`infonce_loss` computes the masked loss fused (fewer (B, Q) passes
         than solo-learn's loss, which runs when nothing is masked). HCSC draws from the
         checkpointed ``negative_sampler`` (``cueco_plugin.sampling``), so a resumed run draws
-        what an uninterrupted one would; without one, from torch's default generator."""
+        what an uninterrupted one would."""
         (q1, q2), (k1, k2) = q.chunk(2), k.chunk(2)
         tau = self.mk.temperature
         if self.mk.negative_mask == "none" or not self.bank.losses_active:
