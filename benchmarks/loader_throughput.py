@@ -88,7 +88,7 @@ def dali_loader(
     from solo.data.dali_dataloader import build_transform_pipeline_dali
     from solo.data.pretrain_dataloader import FullTransformPipeline, NCropAugmentation
 
-    from cueco_plugin.data.dali import pipeline_device_id
+    from cueco_plugin.data.dali import batch_device, pipeline_device_id
     from cueco_plugin.data.dali_cifar import cifar_train_loader
 
     augmentations = OmegaConf.load(AUGMENTATIONS)
@@ -100,7 +100,7 @@ def dali_loader(
             for aug in augmentations
         ]
     )
-    gpu = dali_device == "gpu"
+    model = torch.device("cuda", 0) if dali_device == "gpu" else torch.device("cpu")
     return cifar_train_loader(
         images,
         labels,
@@ -109,8 +109,8 @@ def dali_loader(
         batch_size=batch_size,
         num_threads=threads,
         dali_device=dali_device,
-        device_id=pipeline_device_id(dali_device, 0),
-        model_device=torch.device("cuda:0" if gpu else "cpu"),
+        device_id=pipeline_device_id(dali_device, model),
+        model_device=batch_device(dali_device, model),
         arrays=arrays,
     )
 

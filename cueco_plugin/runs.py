@@ -340,7 +340,8 @@ class ResumeMidEpoch(Callback):
     """A run resumed from a mid-epoch checkpoint (an interrupt) continues with the batches the
     interrupted run had not trained on yet, instead of Lightning's restart of the epoch's data:
     with a data order fixed per epoch (``DistributedSampler``, i.e. ``strategy=ddp``) the resumed
-    run sees exactly the batches of the uninterrupted one."""
+    run sees exactly the batches of the uninterrupted one. A loader that says it starts there
+    itself (``resumes_mid_epoch``: DALI CIFAR's ``EpochAlignedLoader``) is left as it is."""
 
     def __init__(self) -> None:
         self._wrapped: tuple[BatchSampler, Any] | None = None
@@ -349,6 +350,8 @@ class ResumeMidEpoch(Callback):
         loop = trainer.fit_loop.epoch_loop
         done = loop.batch_progress.current.completed
         if not loop.restarting or not 0 < done < trainer.num_training_batches:
+            return
+        if getattr(trainer.train_dataloader, "resumes_mid_epoch", False):
             return
         batch_sampler = getattr(trainer.train_dataloader, "batch_sampler", None)
         fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)

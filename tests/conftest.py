@@ -148,3 +148,57 @@ def tiny_cueco_run(
     assert len(found) == 1, found
     assert json.loads((found[0].parent / "args.json").read_text())["method"] == "cueco"
     return found[0].parent
+
+
+@pytest.fixture(scope="session")
+def small_cifar_npz(shared_datasets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 80 real CIFAR-10 training images (``images``, ``labels``) as one .npz file."""
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("cifar80") / "train.npz"
+    with np.load(shared_datasets / "cifar10" / "cifar10_train_0.npz") as data:
+        np.savez(path, images=data["images"][:80], labels=data["labels"][:80])
+    return path
+
+
+@pytest.fixture(scope="session")
+def dali_cifar_run(
+    solo_root: Path, small_cifar_npz: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict:
+    """Issue 17's partial-epoch run (``solo_runs.DALI_PARTIAL_EPOCHS``) through
+    ``python -m cueco_plugin.pretrain`` with ``configs/pretrain/cpu/cueco_dali_cifar.yaml`` on
+    :func:`small_cifar_npz`, probed (``tests/probe``). Made once per test session.
+
+    Returns:
+        ``output`` (the run's stdout and stderr), ``record`` (rank 0's probe record) and
+        ``final`` (the final checkpoint, loaded).
+    """
+    if not DALI_AVAILABLE:
+        pytest.skip(DALI_SKIP_REASON)
+    import torch
+    from solo_runs import (
+        DALI_CIFAR_CONFIG,
+        DALI_PARTIAL_EPOCHS,
+        checkpoints,
+        load_checkpoint,
+        run_main_pretrain,
+        tail,
+    )
+
+    workdir = tmp_path_factory.mktemp("dali_cifar_run")
+    run = run_main_pretrain(
+        solo_root,
+        workdir,
+        small_cifar_npz,
+        list(DALI_PARTIAL_EPOCHS),
+        probe_dir=workdir / "probe",
+        config_name=DALI_CIFAR_CONFIG,
+    )
+    if run.returncode != 0:
+        raise subprocess.SubprocessError(f"the DALI CIFAR run failed:\n{tail(run)}")
+    (final,) = checkpoints(workdir)
+    return {
+        "output": run.stdout,
+        "record": torch.load(workdir / "probe" / "rank0.pt", weights_only=True),
+        "final": load_checkpoint(final),
+    }

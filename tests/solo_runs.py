@@ -1,6 +1,7 @@
-"""Runs solo-learn's own ``main_pretrain.py`` on this package's YAML in a subprocess, and reads
-back what the run wrote: Lightning's CSV metrics, solo-learn's checkpoint, and (optionally) a
-per-rank record written by ``tests/probe/cueco_probe.py``."""
+"""Runs solo-learn's own ``main_pretrain.py`` on this package's YAML in a subprocess (or as one
+node of several under ``torchrun``), and reads back what the run wrote: Lightning's CSV metrics,
+solo-learn's checkpoint, and (optionally) a per-rank record written by
+``tests/probe/cueco_probe.py``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import torch
 TESTS_DIR = Path(__file__).resolve().parent
 PROBE_DIR = TESTS_DIR / "probe"
 CPU_CONFIG_DIR = TESTS_DIR.parent / "configs" / "pretrain" / "cpu"
+#: DALI CIFAR, which stock parse_cfg refuses: run through ``python -m cueco_plugin.pretrain``
+DALI_CIFAR_CONFIG = "cueco_dali_cifar.yaml"
 
 # the values CueCo logs every step (train_*) and after validation (val_cluster_*)
 TRAIN_METRICS = (
@@ -38,6 +41,22 @@ DETERMINISTIC_VIEWS = (
     "augmentations.0.grayscale.prob=0.0",
     "augmentations.0.gaussian_blur.prob=0.0",
     "augmentations.0.horizontal_flip.prob=0.0",
+)
+
+# issue 17's partial-epoch run, DALI CIFAR (CPU backend): 80 images of batch 16 are 5 batches an
+# epoch, of which 3 are taken, for 3 epochs: 9 optimiser steps; deterministic views and constant
+# lr and tau, so that a resumed run can equal it bit for bit (tests/test_interrupts.py)
+DALI_PARTIAL_EPOCHS = (
+    "data.val_path=null",
+    "scheduler.name=none",
+    "momentum.final_tau=0.99",
+    "checkpoint.enabled=True",
+    "limit_train_batches=3",
+    "optimizer.batch_size=16",
+    "method_kwargs.recluster_interval=4",
+    "max_epochs=3",
+    "++seed=7",
+    *DETERMINISTIC_VIEWS,
 )
 
 
@@ -74,24 +93,64 @@ def write_probe_metadata(dest: Path) -> Path:
 
 
 def main_pretrain_command(
-    solo_root: Path, workdir: Path, train_path: Path, overrides: list[str]
+    solo_root: Path,
+    workdir: Path,
+    train_path: Path,
+    overrides: list[str],
+    config_name: str = "cueco.yaml",
 ) -> list[str]:
-    """``main_pretrain.py`` on configs/pretrain/cpu/cueco.yaml with checkpoints and logs under
-    ``workdir``, no loader workers and no progress bar, then ``overrides``."""
+    """``main_pretrain.py`` on ``configs/pretrain/cpu/<config_name>`` with checkpoints and logs
+    under ``workdir``, no progress bar, then ``overrides``. :data:`DALI_CIFAR_CONFIG` runs through
+    ``python -m cueco_plugin.pretrain`` (solo-learn's ``main_pretrain.py`` with the DALI CIFAR
+    module swapped in) with one DALI thread; the others through the script itself, with no
+    loader workers."""
+    dali_cifar = config_name == DALI_CIFAR_CONFIG
+    entry = ["-m", "cueco_plugin.pretrain"] if dali_cifar else [str(solo_root / "main_pretrain.py")]
     return [
         sys.executable,
-        str(solo_root / "main_pretrain.py"),
+        *entry,
         "--config-path",
         str(CPU_CONFIG_DIR),
         "--config-name",
-        "cueco.yaml",
+        config_name,
         f"data.train_path={train_path}",
         f"checkpoint.dir={workdir / 'trained_models'}",
         f"+default_root_dir={workdir / 'logs'}",
-        "data.num_workers=0",
+        f"data.num_workers={1 if dali_cifar else 0}",
         "+enable_progress_bar=False",
         *overrides,
     ]
+
+
+def torchrun_command(command: list[str], nodes: int, node_rank: int, port: int) -> list[str]:
+    """``command`` (a :func:`main_pretrain_command`) as node ``node_rank`` of ``nodes`` under
+    ``torchrun``, one process per node, rendezvous at ``127.0.0.1:port``."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={nodes}",
+        "--nproc-per-node=1",
+        f"--node-rank={node_rank}",
+        "--master-addr=127.0.0.1",
+        f"--master-port={port}",
+        *command[1:],
+    ]
+
+
+def run_env(solo_root: Path, workdir: Path, probe_dir: Path | None = None) -> dict[str, str]:
+    """The environment of a run: this one, without Python's warnings, ``SOLO_LEARN_ROOT`` for
+    the entry point, and with ``probe_dir`` the probe callback registered on ``PYTHONPATH``."""
+    env = dict(os.environ)
+    env["PYTHONWARNINGS"] = "ignore"
+    env["SOLO_LEARN_ROOT"] = str(solo_root)
+    if probe_dir is not None:
+        meta = write_probe_metadata(workdir / "probe_meta")
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(PROBE_DIR), str(meta)] + [p for p in [env.get("PYTHONPATH")] if p]
+        )
+        env["CUECO_PROBE_DIR"] = str(probe_dir)
+    return env
 
 
 def run_main_pretrain(
@@ -101,26 +160,20 @@ def run_main_pretrain(
     overrides: list[str],
     probe_dir: Path | None = None,
     timeout: float = 600,
+    config_name: str = "cueco.yaml",
 ) -> subprocess.CompletedProcess:
-    """``python main_pretrain.py --config-path configs/pretrain/cpu --config-name cueco.yaml``
-    on the real images in ``train_path``, with checkpoints and logs under ``workdir`` (also the
-    working directory). Pass ``data.val_path=...`` (or ``=null``) in ``overrides``.
+    """``python main_pretrain.py --config-path configs/pretrain/cpu --config-name <config_name>``
+    (:func:`main_pretrain_command`) on the real images in ``train_path``, with checkpoints and
+    logs under ``workdir`` (also the working directory). Pass ``data.val_path=...`` (or ``=null``)
+    in ``overrides``.
 
     Returns the finished process (stdout and stderr merged into ``stdout``).
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env["PYTHONWARNINGS"] = "ignore"
-    if probe_dir is not None:
-        meta = write_probe_metadata(workdir / "probe_meta")
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(PROBE_DIR), str(meta)] + [p for p in [env.get("PYTHONPATH")] if p]
-        )
-        env["CUECO_PROBE_DIR"] = str(probe_dir)
     return subprocess.run(
-        main_pretrain_command(solo_root, workdir, train_path, overrides),
+        main_pretrain_command(solo_root, workdir, train_path, overrides, config_name),
         cwd=workdir,
-        env=env,
+        env=run_env(solo_root, workdir, probe_dir),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -184,3 +237,15 @@ def assert_same_training_state(a: dict[str, Any], b: dict[str, Any]) -> None:
         for index, state in sa["state"].items():
             for name, value in state.items():
                 assert torch.equal(value, sb["state"][index][name]), (index, name)
+
+
+def assert_same_bank_and_queue(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Two ranks' probe records (``tests/probe/cueco_probe.py``) hold the same centroid bank and
+    key queue, tensors bit for bit, extra states (counters, schedules) equal."""
+    for part in ("bank", "queue"):
+        assert set(a[part]) == set(b[part]), part
+        for key, value in a[part].items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, b[part][key]), (part, key)
+            else:
+                assert value == b[part][key], (part, key)

@@ -153,7 +153,11 @@ def test_compile_options_default_to_eager_and_reject_bad_values_naming_them(
     for key, value, allowed in (
         ("compile_backbones", "yes", "true or false"),
         ("compile_backbones", 1, "true or false"),
-        ("compile_mode", "fast", "'reduce-overhead'"),
+        ("compile_mode", "fast", "one of ['default']"),
+        # the CUDA-graph modes (never run) and the unmeasured no-cudagraphs autotuning
+        ("compile_mode", "reduce-overhead", "one of ['default']"),
+        ("compile_mode", "max-autotune", "one of ['default']"),
+        ("compile_mode", "max-autotune-no-cudagraphs", "one of ['default']"),
     ):
         with pytest.raises(ValueError) as info:
             cueco_cls.add_and_assert_specific_cfg(make_cfg(tmp_path, **{key: value}))

@@ -1,6 +1,7 @@
 """CIFAR through DALI (cueco_plugin.data.dali_cifar) with the real nvidia-dali wheel on the CPU,
 real solo-learn augmentations and real CIFAR-10 images; the configs through solo-learn's own
-parse_cfg; a CueCo fit through ``python -m cueco_plugin.pretrain``."""
+parse_cfg; the device DALI is put on; epochs that stay whole after partial ones and resume where
+they stopped; CueCo fits through ``python -m cueco_plugin.pretrain``."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def _transforms(augs: list | None = None):
     )
 
 
-def _loader(images, labels, batch=20, shard=0, shards=1, seed=3, transforms=None):
+def _loader(images, labels, batch=20, shard=0, shards=1, seed=3, transforms=None, position=None):
     from cueco_plugin.data.dali_cifar import cifar_train_loader
 
     return cifar_train_loader(
@@ -70,6 +71,7 @@ def _loader(images, labels, batch=20, shard=0, shards=1, seed=3, transforms=None
         shard_id=shard,
         num_shards=shards,
         seed=seed,
+        position=position,
     )
 
 
@@ -210,7 +212,7 @@ def test_a_pipeline_fed_by_the_torch_gather_gives_the_host_pipelines_batches(cif
 
 
 def test_the_arrays_go_to_the_gpu_only_for_dali_gpu_with_cuda(cifar):
-    from cueco_plugin.data.dali_cifar import arrays_device, make_source
+    from cueco_plugin.data.dali_cifar import arrays_device, hold_images, make_source
 
     cuda = torch.cuda.is_available()
     assert arrays_device("gpu") == ("gpu" if cuda else "host")
@@ -223,7 +225,7 @@ def test_the_arrays_go_to_the_gpu_only_for_dali_gpu_with_cuda(cifar):
         with pytest.raises(ValueError, match=r"torch.cuda.is_available\(\)=False"):
             arrays_device("gpu", "gpu")
     images, _ = _arrays(cifar / "train")
-    source = make_source(images, 20, 0, 1, 3, "host", None)
+    source = make_source(hold_images(images, "host", None), 20, 0, 1, 3)
     assert type(source).__name__ == "EpochShards" and source.images is images
 
 
@@ -241,6 +243,122 @@ def test_a_batch_larger_than_a_shard_fails_naming_the_batch_size(cifar):
     images, labels = _arrays(cifar / "train")
     with pytest.raises(ValueError, match="optimizer.batch_size=200: larger than the 150 images"):
         _loader(images, labels, batch=200, shards=2)
+
+
+def test_dali_and_its_batches_go_to_the_models_device_not_the_local_ranks():
+    # devices=[1] under DDP: Lightning's own strategy puts local rank 0's model on cuda:1
+    from lightning.fabric.plugins.environments import LightningEnvironment
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from cueco_plugin.data.dali import batch_device, model_device, pipeline_device_id
+
+    strategy = DDPStrategy(
+        parallel_devices=[torch.device("cuda", 1)], cluster_environment=LightningEnvironment()
+    )
+    assert strategy.local_rank == 0 and strategy.root_device == torch.device("cuda", 1)
+    model = strategy.root_device
+    assert pipeline_device_id("gpu", model) == 1  # DALI's device_id, the images' GPU copy
+    assert batch_device("gpu", model) == torch.device("cuda", 1)  # PretrainWrapper's lookup
+    assert pipeline_device_id("cpu", model) == 1 and batch_device("cpu", model).type == "cpu"
+
+    cpu = model_device(Trainer(accelerator="cpu", devices=1, logger=False))
+    assert cpu == model_device(None) == torch.device("cpu")
+    assert pipeline_device_id("cpu", cpu) is None and batch_device("cpu", cpu) == cpu
+    with pytest.raises(ValueError, match=r"dali.device='gpu' needs the model on a CUDA device"):
+        pipeline_device_id("gpu", cpu)
+    with pytest.raises(ValueError, match=r"dali.device='tpu': allowed values are \['gpu'"):
+        pipeline_device_id("tpu", cpu)
+
+
+def _starts(*starts):
+    """A ``position`` that hands out these (epoch, batch, batches) one pass after another."""
+    from cueco_plugin.data.dali_epochs import EpochStart
+
+    queue = [EpochStart(*start) for start in starts]
+    return lambda steps: queue.pop(0)
+
+
+def _permutation_batches(images, labels, epoch, batch=20, seed=3) -> list[list[int]]:
+    """The batches of ``epoch`` (the source's permutation of that epoch, in order)."""
+    from cueco_plugin.data.dali_cifar import EpochShards
+
+    order = EpochShards(images, batch, 0, 1, seed).epoch_indexes(epoch).tolist()
+    return [order[i : i + batch] for i in range(0, len(order), batch)]
+
+
+def test_a_pass_after_a_partial_epoch_serves_the_next_epoch_whole(cifar, caplog):
+    images, labels = _arrays(cifar / "train")
+    loader = _loader(images, labels)  # 300 images, batch 20: 15 batches an epoch
+    first = iter(loader)
+    partial = [next(first)[0].tolist() for _ in range(4)]
+    assert partial == _permutation_batches(images, labels, 0)[:4]
+    whole = [indexes.tolist() for indexes, _, _ in loader]
+    assert whole == _permutation_batches(images, labels, 1)  # all 15, epoch 1's order
+    assert [indexes.tolist() for indexes, _, _ in loader] == _permutation_batches(images, labels, 2)
+    assert loader.builds == 2  # a new pipeline after the partial epoch only
+    assert "does not support resetting" not in caplog.text
+
+
+def test_epochs_cut_by_limit_train_batches_are_whole_to_dali_and_keep_one_pipeline(cifar, caplog):
+    images, labels = _arrays(cifar / "train")
+    loader = _loader(images, labels, position=_starts((0, 0, 3), (1, 0, 3), (2, 0, 3)))
+    for epoch in range(3):
+        served = [indexes.tolist() for indexes, _, _ in loader]
+        assert served == _permutation_batches(images, labels, epoch)[:3], epoch
+    assert loader.builds == 1
+    assert "does not support resetting" not in caplog.text
+
+
+def test_a_pass_resumed_mid_epoch_continues_that_epochs_permutation_at_its_batch(cifar):
+    images, labels = _arrays(cifar / "train")
+    # a run resumed in epoch 4 after 6 of its 15 batches, then on to epoch 5
+    loader = _loader(images, labels, position=_starts((4, 6, 15), (5, 0, 15)))
+    rest = [indexes.tolist() for indexes, _, _ in loader]
+    assert rest == _permutation_batches(images, labels, 4)[6:]
+    assert [indexes.tolist() for indexes, _, _ in loader] == _permutation_batches(images, labels, 5)
+    assert loader.builds == 1
+    # an epoch trained to its last batch (interrupted before Lightning closed it): the next one
+    loader = _loader(images, labels, position=_starts((4, 15, 15)))
+    assert [indexes.tolist() for indexes, _, _ in loader] == _permutation_batches(images, labels, 5)
+
+
+@pytest.mark.parametrize(
+    "limit, batches", [(3, 3), (40, 15), (1.0, 15), (0.5, 7), (0.1, 1), (0.01, 1)]
+)
+def test_batches_per_epoch_follows_lightnings_limit_train_batches_rule(limit, batches):
+    from cueco_plugin.data.dali_epochs import batches_per_epoch
+
+    assert batches_per_epoch(15, limit) == batches
+
+
+def test_a_source_refuses_a_start_outside_its_epoch(cifar):
+    from cueco_plugin.data.dali_cifar import EpochShards
+    from cueco_plugin.data.dali_epochs import EpochStart
+
+    images, _ = _arrays(cifar / "train")
+    for start in ((0, 3, 3), (0, 0, 16), (0, 0, 0)):
+        with pytest.raises(ValueError, match=r"start=\(0, .*needs 1 <= batches <= 15"):
+            EpochShards(images, 20, 0, 1, seed=3, start=EpochStart(*start))
+
+
+@pytest.mark.slow
+def test_an_epoch_cut_by_limit_train_batches_leaves_every_epoch_its_steps(
+    dali_cifar_run, small_cifar_npz
+):
+    # the issue's reproduction through the entry point: 80 images, batch 16 (5 batches an
+    # epoch), limit_train_batches=3, max_epochs=3 make 9 optimiser steps (DALI's own reset rule
+    # gave 8), each epoch the first 3 batches of its own permutation
+    from cueco_plugin.data.dali_cifar import EpochShards
+
+    assert "does not support resetting" not in dali_cifar_run["output"]
+    record = dali_cifar_run["record"]
+    assert record["global_step"] == dali_cifar_run["final"]["global_step"] == 9
+    assert [step["epoch"] for step in record["steps"]] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    source = EpochShards(np.load(small_cifar_npz)["images"], 16, 0, 1, seed=7)
+    for epoch in range(3):
+        served = [i for step in record["steps"][3 * epoch : 3 * epoch + 3] for i in step["indexes"]]
+        assert served == source.epoch_indexes(epoch)[:48].tolist(), epoch
 
 
 def test_cifar_sources_are_npz_folders_split_by_name_or_fail_naming_the_path(

@@ -117,8 +117,8 @@ def test_stock_solo_dali_module_cannot_build_a_cpu_pipeline_without_cuda_and_our
     shared_datasets,
 ):
     """Why cueco_plugin.data.dali exists: solo-learn's module asks DALI for device_id=local_rank;
-    ours is the same module with device_id=None for the pipeline, and leaves solo-learn as it was.
-    """
+    ours is the same module with the model's device (None for a CPU model) for the pipeline, and
+    leaves solo-learn as it was."""
     from solo.data import dali_dataloader
     from solo.data.dali_dataloader import PretrainDALIDataModule, PretrainPipelineBuilder
 
@@ -132,8 +132,7 @@ def test_stock_solo_dali_module_cannot_build_a_cpu_pipeline_without_cuda_and_our
     ours.setup("fit")
     assert next(iter(ours.train_dataloader()))[1][0].shape == (8, 3, 32, 32)
     assert dali_dataloader.PretrainPipelineBuilder is PretrainPipelineBuilder
-    assert pipeline_device_id("cpu", 0) is None
-    assert pipeline_device_id("gpu", 0) == 0
+    assert pipeline_device_id("cpu", torch.device("cpu")) is None
 
 
 def _train_rows(metrics: Path) -> list[dict[str, str]]:

@@ -12,6 +12,7 @@ from solo_runs import (
     TRAIN_METRICS,
     VAL_CLUSTER_METRICS,
     all_finite,
+    assert_same_bank_and_queue,
     checkpoints,
     load_checkpoint,
     read_metrics,
@@ -51,13 +52,7 @@ def test_two_process_ddp_on_cpu_keeps_identical_banks_and_finite_losses(
     assert (rank0["rank"], rank1["rank"]) == (0, 1)
     assert rank0["world_size"] == rank1["world_size"] == 2
     assert rank0["global_step"] == rank1["global_step"] == STEPS
-    for part in ("bank", "queue"):
-        assert set(rank0[part]) == set(rank1[part])
-        for key, value in rank0[part].items():
-            if isinstance(value, torch.Tensor):
-                assert torch.equal(value, rank1[part][key]), (part, key)
-            else:
-                assert value == rank1[part][key], (part, key)
+    assert_same_bank_and_queue(rank0, rank1)
     assert rank0["bank"]["_extra_state"]["num_updates"] == STEPS
     # the queue holds the keys of both ranks: 2 processes x batch 16 per step
     assert rank0["queue"]["_extra_state"]["num_filled"] == STEPS * 2 * 16

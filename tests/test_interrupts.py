@@ -1,7 +1,8 @@
 """A real ``main_pretrain.py`` process stopped by SIGTERM or Ctrl-C (SIGINT) saves a checkpoint
 of the step it was on and exits with 128 + the signal number and a message; resuming from that
-checkpoint ends bit for bit where the uninterrupted run ends. SIGKILL in the middle of a
-checkpoint write leaves no partial ``.ckpt``, and the run resumes from the last complete one."""
+checkpoint ends bit for bit where the uninterrupted run ends, with solo-learn's torchvision loader
+and with DALI CIFAR (CPU backend). SIGKILL in the middle of a checkpoint write leaves no partial
+``.ckpt``, and the run resumes from the last complete one."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ from pathlib import Path
 import pytest
 from conftest import requires_solo
 from solo_runs import (
+    DALI_CIFAR_CONFIG,
+    DALI_PARTIAL_EPOCHS,
     DETERMINISTIC_VIEWS,
     assert_same_training_state,
     load_checkpoint,
     main_pretrain_command,
+    run_env,
     run_main_pretrain,
     tail,
 )
@@ -74,18 +78,59 @@ def _plugin_path(dest: Path) -> str:
 
 
 def _start(
-    solo_root: Path, workdir: Path, train: Path, overrides: list[str], env: dict[str, str]
+    solo_root: Path,
+    workdir: Path,
+    train: Path,
+    overrides: list[str],
+    env: dict[str, str],
+    config_name: str = "cueco.yaml",
 ) -> subprocess.Popen:
     """The command of ``solo_runs.run_main_pretrain``, started without waiting."""
     workdir.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        main_pretrain_command(solo_root, workdir, train, overrides),
+        main_pretrain_command(solo_root, workdir, train, overrides, config_name),
         cwd=workdir,
-        env={**os.environ, "PYTHONWARNINGS": "ignore", **env},
+        env={**run_env(solo_root, workdir), **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def _stop_at(
+    solo_root: Path,
+    tmp_path: Path,
+    train: Path,
+    overrides: list[str],
+    step: int,
+    signum: int,
+    config_name: str = "cueco.yaml",
+) -> Path:
+    """Runs in ``tmp_path/run`` until the end of ``step``, sends ``signum`` there, checks the
+    exit status, the message and the step checkpoint, and returns that checkpoint."""
+    hold = tmp_path / "holding"
+    env = {
+        "PYTHONPATH": os.pathsep.join(
+            [_plugin_path(tmp_path / "plugin")] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+        ),
+        "CUECO_HOLD_AT": str(step),
+        "CUECO_HOLD_FILE": str(hold),
+    }
+    run = _start(solo_root, tmp_path / "run", train, overrides, env, config_name)
+    deadline = time.time() + 300
+    while not hold.exists() and run.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert hold.exists(), run.communicate()[0][-4000:]
+    run.send_signal(signum)
+    output = run.communicate(timeout=300)[0]
+
+    assert run.returncode == 128 + signum, output[-4000:]
+    name = signal.Signals(signum).name
+    assert f"CueCo: stopped by {name} after step {step}" in output, output[-4000:]
+    (saved,) = [p for p in _run_folder_files(tmp_path / "run") if p.suffix == ".ckpt"]
+    assert saved.name.endswith(f"-step={step}.ckpt") and f"saved {saved}" in output
+    assert load_checkpoint(saved)["global_step"] == step
+    return saved
 
 
 def _run_folder_files(workdir: Path) -> list[Path]:
@@ -118,29 +163,7 @@ def test_signal_saves_the_current_step_exits_nonzero_and_resume_equals_uninterru
     signum: int,
     step: int,
 ) -> None:
-    hold = tmp_path / "holding"
-    env = {
-        "PYTHONPATH": os.pathsep.join(
-            [_plugin_path(tmp_path / "plugin")] + [p for p in [os.environ.get("PYTHONPATH")] if p]
-        ),
-        "CUECO_HOLD_AT": str(step),
-        "CUECO_HOLD_FILE": str(hold),
-    }
-    run = _start(solo_root, tmp_path / "run", small_train, COMMON, env)
-    deadline = time.time() + 300
-    while not hold.exists() and run.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert hold.exists(), run.communicate()[0][-4000:]
-    run.send_signal(signum)
-    output = run.communicate(timeout=300)[0]
-
-    assert run.returncode == 128 + signum, output[-4000:]
-    name = signal.Signals(signum).name
-    assert f"CueCo: stopped by {name} after step {step}" in output, output[-4000:]
-    (saved,) = [p for p in _run_folder_files(tmp_path / "run") if p.suffix == ".ckpt"]
-    assert saved.name.endswith(f"-step={step}.ckpt") and f"saved {saved}" in output
-    assert load_checkpoint(saved)["global_step"] == step
-
+    saved = _stop_at(solo_root, tmp_path, small_train, COMMON, step, signum)
     resumed = run_main_pretrain(
         solo_root, tmp_path / "run", small_train, [*COMMON, f"resume_from_checkpoint='{saved}'"]
     )
@@ -149,6 +172,30 @@ def test_signal_saves_the_current_step_exits_nonzero_and_resume_equals_uninterru
     (final,) = [p for p in saved.parent.iterdir() if p.suffix == ".ckpt"]
     assert final.name.endswith("-ep=1.ckpt")
     assert_same_training_state(load_checkpoint(final), uninterrupted)
+
+
+def test_dali_cifar_run_stopped_mid_epoch_resumes_bit_for_bit(
+    solo_root: Path, small_cifar_npz: Path, dali_cifar_run: dict, tmp_path: Path
+) -> None:
+    # issue 17's partial-epoch run (3 of 5 batches an epoch, 3 epochs) stopped after step 4 =
+    # the second batch of epoch 1: the resumed run starts epoch 1's permutation at its third
+    # batch and goes on, as the uninterrupted run (conftest.dali_cifar_run) did
+    overrides = list(DALI_PARTIAL_EPOCHS)
+    saved = _stop_at(
+        solo_root, tmp_path, small_cifar_npz, overrides, 4, signal.SIGTERM, DALI_CIFAR_CONFIG
+    )
+    resumed = run_main_pretrain(
+        solo_root,
+        tmp_path / "run",
+        small_cifar_npz,
+        [*overrides, f"resume_from_checkpoint='{saved}'"],
+        config_name=DALI_CIFAR_CONFIG,
+    )
+    assert resumed.returncode == 0, tail(resumed)
+    assert "cannot skip" not in resumed.stdout  # the loader starts at the batch itself
+    (final,) = [p for p in saved.parent.iterdir() if p.suffix == ".ckpt"]
+    assert final.name.endswith("-ep=2.ckpt")
+    assert_same_training_state(load_checkpoint(final), dali_cifar_run["final"])
 
 
 def test_sigkill_while_a_checkpoint_is_written_leaves_no_partial_ckpt_and_resume_works(

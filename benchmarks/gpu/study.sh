@@ -56,15 +56,9 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS="ignore::DeprecationWarning,ignore::FutureWarning"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
-python3 - <<'PY' || exit 3
-import lightning, torch, solo, hydra, omegaconf, sklearn, cueco_plugin
-from cueco_plugin.registration import register
-register()
-assert lightning.__version__ == "2.1.2", f"lightning {lightning.__version__}: /tmp/site must shadow"
-assert torch.cuda.is_available(), "no GPU visible to torch"
-print("torch", torch.__version__, "| lightning", lightning.__version__, "| solo", solo.__file__,
-      "| GPU", torch.cuda.get_device_name())
-PY
+# the imports of study.py and the stack (benchmarks/gpu/stack.py; checked on the CPU by
+# tests/test_gpu_stack.py against what this call carries and the image holds)
+python3 benchmarks/gpu/stack.py check --for study --device cuda || exit 3
 for f in "${files[@]}"; do
     compgen -G ".gpu/study/c?/$f.npz" >/dev/null || {
         echo "missing $f.npz: the machine was given back after an earlier call; start again"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run HERE (not on the device), once: fills the git-ignored .gpu/study/ for benchmarks/gpu/study.sh.
-#   whl/  py3 wheels the device image lacks: solo-learn 1.0.6 (../shared/wheels) and its pins
-#         lightning 2.1.2 and torchmetrics 0.11.4, hydra-core, omegaconf and antlr4 (built here
+#   whl/  the `stack` group of benchmarks/gpu/wheels.txt, the one wheel list of the GPU calls
+#         (throughput_prepare.sh carries the same group): solo-learn 1.0.6 (../shared/wheels), its
+#         pins lightning 2.1.2 and torchmetrics 0.11.4, hydra-core, omegaconf, antlr4 (built here
 #         from its sdist), setuptools < 81 (pkg_resources, imported by lightning 2.1.2)
 #   c1/   cifar10_train_0.npz, cifar10_train_1.npz   (device call 1)
 #   c2/   cifar10_train_2.npz, cifar10_test.npz      (device call 2, with whl/)
@@ -12,13 +13,7 @@ PY=${PYTHON:-.venv/bin/python}
 DATA=${CIFAR10_DIR:-../shared/datasets/cifar10}
 W=.gpu/study/whl
 mkdir -p "$W" .gpu/study/c1 .gpu/study/c2
-version() { "$PY" -c "from importlib.metadata import version; print(version('$1'))"; }
-"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-    --implementation cp --platform manylinux2014_x86_64 -d "$W" \
-    lightning==2.1.2 torchmetrics==0.11.4 "hydra-core==$(version hydra-core)" \
-    "omegaconf==$(version omegaconf)" "setuptools<81"
-"$PY" -m pip wheel -q --no-deps -w "$W" antlr4-python3-runtime==4.9.3
-cp ../shared/wheels/solo_learn-1.0.6-py3-none-any.whl "$W/"
+"$PY" benchmarks/gpu/stack.py download --groups stack --dest "$W" --shared ../shared/wheels
 cp "$DATA"/cifar10_train_0.npz "$DATA"/cifar10_train_1.npz .gpu/study/c1/
 cp "$DATA"/cifar10_train_2.npz "$DATA"/cifar10_test.npz .gpu/study/c2/
 if [ "${CONFIRM:-0}" = 1 ]; then

@@ -76,28 +76,9 @@ measure)
     export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
     echo "== [$(date -u +%FT%TZ)] check"
     [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    DEVICE=$DEVICE python3 - <<'EOF' || exit 2
-import os
-import lightning, nvidia.dali, solo, torch, torchmetrics
-from nvidia.dali import fn, pipeline_def
-from cueco_plugin.registration import register
-register()  # CueCo and solo-learn import
-assert lightning.__version__ == "2.1.2", f"lightning {lightning.__version__}: the site must shadow"
-gpu = os.environ["DEVICE"] == "cuda"
-@pipeline_def(batch_size=2, num_threads=1, device_id=0 if gpu else None)
-def probe():
-    data = fn.random.uniform(range=[0, 1], shape=[4])
-    return data.gpu() if gpu else data
-p = probe(); p.build(); p.run()
-print("torch", torch.__version__, torch.cuda.get_device_name() if gpu else "cpu", "| dali",
-      nvidia.dali.__version__, "| lightning", lightning.__version__, "| torchmetrics",
-      torchmetrics.__version__, "| solo", solo.__file__)
-import importlib.util, shutil
-triton = importlib.util.find_spec("triton")  # torch.compile's runs need it and a C compiler
-print("torch.compile: triton", "found" if triton else "MISSING", "| C compiler",
-      next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), "MISSING"),
-      "(compiled runs are skipped without them)")
-EOF
+    # the imports of gpu_throughput.py, main_pretrain.py and DALI, and a DALI CIFAR pipeline on
+    # the device (benchmarks/gpu/stack.py; checked on the CPU by tests/test_gpu_stack.py)
+    python3 benchmarks/gpu/stack.py check --for throughput --device "$DEVICE" || exit 2
     echo "== [$(date -u +%FT%TZ)] measure (budget ${BUDGET_S:-420} s)"
     # shellcheck disable=SC2086
     timeout $((${BUDGET_S:-420} + 60)) python3 benchmarks/gpu_throughput.py --device "$DEVICE" \

@@ -1,17 +1,21 @@
-"""solo-learn's DALI pretraining data module, able to build CPU pipelines on a host without CUDA.
+"""solo-learn's DALI pretraining data module on the model's device, able to build CPU pipelines on
+a host without CUDA.
 
 solo-learn's ``PretrainDALIDataModule.setup`` builds its pipeline with
-``device_id=trainer.local_rank``; DALI takes any integer ``device_id`` as a request for a CUDA
-context, so ``dali.device: cpu`` fails on a host without a GPU driver ("You are trying to create a
-GPU DALI pipeline while CUDA is not available ... set device_id = None"). Everything else in
-solo-learn's DALI path (file reader, CPU decoder, augmentations, ``PretrainWrapper``) runs on the
-CPU as it is.
+``device_id=trainer.local_rank``. Two things go wrong with that:
 
-:class:`CPUCapablePretrainDALIDataModule` changes that one argument and nothing else: its
-``setup`` is solo-learn's ``setup``, run while solo-learn's ``PretrainPipelineBuilder`` is a
-subclass whose ``pipeline(...)`` call passes ``device_id=None``. The builder still receives the
-local rank, so pipeline seeds (``12 + local rank``), shards and outputs are solo-learn's. With CUDA
-present, or with ``dali.device: gpu``, the module is solo-learn's module unchanged.
+- DALI takes any integer ``device_id`` as a request for a CUDA context, so ``dali.device: cpu``
+  fails on a host without a GPU driver ("You are trying to create a GPU DALI pipeline while CUDA
+  is not available ... set device_id = None");
+- the local rank is not the model's GPU when the devices do not start at 0 (``devices: [1]``):
+  DALI's outputs land on ``cuda:0``, the model and solo-learn's label lookup on ``cuda:1``.
+
+:func:`pipeline_device_id` chooses the ``device_id`` from where the model is (:func:`model_device`,
+the Trainer's root device): the model's CUDA device, or ``None`` (a CPU-only pipeline) for a model
+on the CPU. :class:`CPUCapablePretrainDALIDataModule` changes that one argument and nothing else:
+its ``setup`` is solo-learn's ``setup``, run while solo-learn's ``PretrainPipelineBuilder`` is a
+subclass whose ``pipeline(...)`` call passes that ``device_id``. The builder still receives the
+local rank, so pipeline seeds (``12 + local rank``), shards and outputs are solo-learn's.
 
 Batches: ``[indexes (B,), [view (B, 3, H, W) float32] * n_crops, targets (B,)]``, as solo-learn's.
 """
@@ -36,25 +40,55 @@ except ImportError as _err:  # pragma: no cover - exercised only without DALI/so
 from solo.data.dali_dataloader import PretrainDALIDataModule, PretrainPipelineBuilder
 
 
-def pipeline_device_id(dali_device: str, local_rank: int) -> int | None:
-    """The ``device_id`` a DALI pipeline is built with: ``None`` (a CPU-only pipeline, no CUDA
-    context) for ``dali_device='cpu'`` on a host without CUDA, else the local rank (solo's)."""
-    if dali_device == "cpu" and not torch.cuda.is_available():
-        return None
-    return local_rank
+def model_device(trainer: Any | None) -> torch.device:
+    """Where the model trains: the Trainer's root device (``cuda:1`` for ``devices: [1]``; under
+    DDP the device of this process's local rank), the CPU without a Trainer."""
+    if trainer is None:
+        return torch.device("cpu")
+    return torch.device(trainer.strategy.root_device)
 
 
-class _CPUOnlyPipelineBuilder(PretrainPipelineBuilder):
-    """solo-learn's builder; its pipeline is built without a CUDA device (``device_id=None``)."""
+def pipeline_device_id(dali_device: str, model: torch.device) -> int | None:
+    """The ``device_id`` a DALI pipeline is built with, for a model on ``model``: the model's CUDA
+    device index (a ``cpu`` pipeline then uses it only for its pinned host buffers), or ``None``
+    (a CPU-only pipeline, no CUDA context) for a model on the CPU.
 
-    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
-        return super().pipeline(*args, **{**kwargs, "device_id": None})
+    Raises:
+        ValueError: ``dali_device`` other than ``'gpu'`` / ``'cpu'``, or ``'gpu'`` for a model
+            that is not on a CUDA device.
+    """
+    if dali_device not in ("gpu", "cpu"):
+        raise ValueError(f"dali.device={dali_device!r}: allowed values are ['gpu', 'cpu']")
+    if model.type == "cuda":
+        return torch.cuda.current_device() if model.index is None else model.index
+    if dali_device == "gpu":
+        raise ValueError(
+            f"dali.device='gpu' needs the model on a CUDA device, and it is on {model}: use "
+            "accelerator: gpu, or dali.device: cpu"
+        )
+    return None
+
+
+def batch_device(dali_device: str, model: torch.device) -> torch.device:
+    """Where DALI's batches (and solo-learn's label lookup) are: on the model's device for
+    ``dali.device: gpu`` (the device :func:`pipeline_device_id` names), else on the CPU."""
+    return model if dali_device == "gpu" else torch.device("cpu")
+
+
+def _builder_on(device_id: int | None) -> type[PretrainPipelineBuilder]:
+    """solo-learn's builder, whose pipeline is built with ``device_id`` (not the local rank)."""
+
+    class PipelineBuilderOnModelDevice(PretrainPipelineBuilder):
+        def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+            return super().pipeline(*args, **{**kwargs, "device_id": device_id})
+
+    return PipelineBuilderOnModelDevice
 
 
 @contextmanager
-def _cpu_only_pipelines() -> Iterator[None]:
-    """Within the block, solo-learn's DALI module builds its pipelines with ``device_id=None``."""
-    solo_dali.PretrainPipelineBuilder = _CPUOnlyPipelineBuilder
+def _pipelines_on(device_id: int | None) -> Iterator[None]:
+    """Within the block, solo-learn's DALI module builds its pipelines with ``device_id``."""
+    solo_dali.PretrainPipelineBuilder = _builder_on(device_id)
     try:
         yield
     finally:
@@ -62,8 +96,9 @@ def _cpu_only_pipelines() -> Iterator[None]:
 
 
 class CPUCapablePretrainDALIDataModule(PretrainDALIDataModule):
-    """solo-learn's ``PretrainDALIDataModule`` (same arguments), with CPU-only DALI pipelines where
-    CUDA is absent and a validation loader that may be ``None``."""
+    """solo-learn's ``PretrainDALIDataModule`` (same arguments), its pipelines on the model's
+    device (CPU-only for a model on the CPU: :func:`pipeline_device_id`), with a validation loader
+    that may be ``None``."""
 
     _assigned_val_loader: Callable[[], Any] = staticmethod(lambda: None)
 
@@ -79,8 +114,5 @@ class CPUCapablePretrainDALIDataModule(PretrainDALIDataModule):
         self._assigned_val_loader = make_loader
 
     def setup(self, stage: str | None = None) -> None:
-        if pipeline_device_id(self.dali_device, 0) is None:
-            with _cpu_only_pipelines():
-                super().setup(stage)
-        else:
+        with _pipelines_on(pipeline_device_id(self.dali_device, model_device(self.trainer))):
             super().setup(stage)

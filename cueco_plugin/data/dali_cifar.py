@@ -19,13 +19,24 @@ its batches.
   returns ``images[indexes]`` as NumPy (on ``gpu`` DALI then copies it, 3 KiB per image).
 
 - Each epoch a fresh permutation of the dataset, drawn from ``(seed, epoch)``, identical on every
-  rank; rank ``r`` of ``R`` serves the ``r``-th of ``R`` equal slices of it, in full batches: the
-  ranks together cover the epoch once (the last ``N mod R`` samples of the permutation and each
-  slice's last partial batch sit out that epoch, as with ``DistributedSampler`` and
-  ``drop_last``).
-- Seeded: the permutation by ``seed``; the augmentations by ``seed + rank``. The default seed is
-  the one ``seed_everything(cfg.seed)`` in ``main_pretrain.py`` sets in every process
+  rank; rank ``r`` of ``R`` (the global rank) serves the ``r``-th of ``R`` equal slices of it, in
+  full batches: the ranks together cover the epoch once (the last ``N mod R`` samples of the
+  permutation and each slice's last partial batch sit out that epoch, as with
+  ``DistributedSampler`` and ``drop_last``).
+- Epochs are Lightning's (:class:`cueco_plugin.data.dali_epochs.EpochAlignedLoader`): each pass
+  over the loader serves the epoch the fit loop is in (``epoch_progress.current.processed``, what
+  Lightning gives samplers' ``set_epoch``), from its first batch, or, resumed from a mid-epoch
+  checkpoint, from the first batch not yet trained, in the same permutation. An epoch cut short
+  by ``limit_train_batches`` is a whole epoch to DALI: the source ends it there. A DALI iterator
+  cannot be reset mid-epoch, so a pass that starts anywhere else than where the pipeline stands
+  builds a new pipeline there.
+- Seeded: the permutation by ``seed``; the augmentations of a pipeline that starts at epoch ``e``,
+  batch ``b`` by ``(seed, rank, e, b)`` (:func:`pipeline_seed`). The default seed is the one
+  ``seed_everything(cfg.seed)`` in ``main_pretrain.py`` sets in every process
   (``PL_GLOBAL_SEED``), else 12 (solo-learn's DALI seed).
+- DALI, the GPU copy of the images and the batches are on the model's device (the Trainer's root
+  device: ``cuda:1`` for ``devices: [1]``), not on the local rank's
+  (:func:`cueco_plugin.data.dali.pipeline_device_id`).
 - Batches are solo-learn's: ``[indexes (B,) int64, [view (B, 3, H, W) float32] * n_crops,
   labels (B,) int64]`` with the true sample indexes and labels (``encode_indexes_into_labels``
   is implied), on the training GPU for ``dali.device: gpu``, else on the CPU.
@@ -34,8 +45,8 @@ its batches.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -45,35 +56,69 @@ import nvidia.dali.types as types
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from nvidia.dali import pipeline_def
-from nvidia.dali.plugin.pytorch import LastBatchPolicy
 from solo.data.dali_dataloader import PretrainWrapper
 
 from cueco_plugin.data.cifar_arrays import CIFAR_CLASSES, load_cifar_arrays
-from cueco_plugin.data.dali import CPUCapablePretrainDALIDataModule, pipeline_device_id
+from cueco_plugin.data.dali import (
+    CPUCapablePretrainDALIDataModule,
+    batch_device,
+    model_device,
+    pipeline_device_id,
+)
+from cueco_plugin.data.dali_epochs import EpochAlignedLoader, EpochStart, lightning_epoch_start
+
+
+def shard_steps(num_images: int, batch_size: int, num_shards: int) -> int:
+    """Full batches per epoch of one of ``num_shards`` ranks.
+
+    Raises:
+        ValueError: naming the batch size, when it exceeds one rank's share of the images.
+    """
+    shard_size = num_images // num_shards
+    if shard_size // batch_size == 0:
+        raise ValueError(
+            f"optimizer.batch_size={batch_size}: larger than the {shard_size} images per "
+            f"process ({num_images} images over {num_shards} processes)"
+        )
+    return shard_size // batch_size
 
 
 class EpochShards:
     """DALI ``external_source`` callback (``batch=True, batch_info=True``): this rank's batches,
     ``(images (B, H, W, 3) uint8, indexes (B,) int64)``; ``StopIteration`` ends each epoch.
 
+    DALI counts epochs from 0 for every pipeline (``BatchInfo.epoch_idx``, ``iteration``); this
+    source maps them to the run's: DALI's epoch ``j`` is epoch ``start.epoch + j``, whose first
+    batch is ``start.batch`` for ``j = 0`` and 0 after, and each ends after ``start.batches``.
+
     Args:
         images: the whole training set, (N, H, W, 3) uint8.
         batch_size: B, per rank.
-        shard_id, num_shards: this rank and the number of ranks.
+        shard_id, num_shards: this rank (global) and the number of ranks.
         seed: seeds the per-epoch permutation (the same on every rank).
+        start: where this source's first epoch starts, and the batches per epoch (default:
+            epoch 0, batch 0, every full batch of the shard).
     """
 
     def __init__(
-        self, images: np.ndarray, batch_size: int, shard_id: int, num_shards: int, seed: int
+        self,
+        images: np.ndarray,
+        batch_size: int,
+        shard_id: int,
+        num_shards: int,
+        seed: int,
+        start: EpochStart | None = None,
     ) -> None:
         self.images, self.batch_size, self.seed = images, batch_size, seed
+        self.steps = shard_steps(len(images), batch_size, num_shards)
         self.shard_size = len(images) // num_shards
         self.start = shard_id * self.shard_size
-        self.steps = self.shard_size // batch_size
-        if self.steps == 0:
+        self.first = EpochStart(0, 0, self.steps) if start is None else start
+        batches, batch = self.first.batches, self.first.batch
+        if not (1 <= batches <= self.steps and 0 <= batch < batches):
             raise ValueError(
-                f"optimizer.batch_size={batch_size}: larger than the {self.shard_size} images per "
-                f"process ({len(images)} images over {num_shards} processes)"
+                f"start={tuple(self.first)}: needs 1 <= batches <= {self.steps} (the full batches "
+                "per epoch) and 0 <= batch < batches"
             )
         self._epoch, self._order = -1, np.empty(0, dtype=np.int64)
 
@@ -85,15 +130,21 @@ class EpochShards:
             self._order = order[self.start : self.start + self.steps * self.batch_size]
         return self._order
 
-    def batch_slice(self, info: types.BatchInfo) -> slice:
-        """This batch's positions in :meth:`epoch_indexes`; ``StopIteration`` past the last."""
-        if info.iteration >= self.steps:
+    def position(self, info: types.BatchInfo) -> tuple[int, int]:
+        """The run's ``(epoch, batch)`` of DALI's ``info``; ``StopIteration`` past the epoch's
+        last batch."""
+        batch = info.iteration + (self.first.batch if info.epoch_idx == 0 else 0)
+        if batch >= self.first.batches:
             raise StopIteration
-        first = info.iteration * self.batch_size
-        return slice(first, first + self.batch_size)
+        return self.first.epoch + info.epoch_idx, batch
+
+    def batch_indexes(self, epoch: int, batch: int) -> slice:
+        """The positions of ``batch`` in :meth:`epoch_indexes`."""
+        return slice(batch * self.batch_size, (batch + 1) * self.batch_size)
 
     def __call__(self, info: types.BatchInfo) -> tuple[np.ndarray, np.ndarray]:
-        indexes = self.epoch_indexes(info.epoch_idx)[self.batch_slice(info)]
+        epoch, batch = self.position(info)
+        indexes = self.epoch_indexes(epoch)[self.batch_indexes(epoch, batch)]
         return self.images[indexes], indexes
 
 
@@ -121,13 +172,21 @@ class DeviceEpochShards(EpochShards):
     Args:
         images: the whole training set, (N, H, W, 3) uint8 torch tensor, on the GPU (or the CPU,
             which takes the same code path without streams: how it is tested without a GPU).
-        batch_size, shard_id, num_shards, seed: as :class:`EpochShards`.
+        batch_size, shard_id, num_shards, seed, start: as :class:`EpochShards`.
     """
 
     def __init__(
-        self, images: torch.Tensor, batch_size: int, shard_id: int, num_shards: int, seed: int
+        self,
+        images: torch.Tensor,
+        batch_size: int,
+        shard_id: int,
+        num_shards: int,
+        seed: int,
+        start: EpochStart | None = None,
     ) -> None:
-        super().__init__(images, batch_size, shard_id, num_shards, seed)  # type: ignore[arg-type]
+        super().__init__(
+            images, batch_size, shard_id, num_shards, seed, start  # type: ignore[arg-type]
+        )
         self.device = images.device
         self.stream: torch.cuda.Stream | None = None
         if self.device.type == "cuda":
@@ -142,13 +201,13 @@ class DeviceEpochShards(EpochShards):
         )
 
     def __call__(self, info: types.BatchInfo) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.batch_slice(info)
+        epoch, batch = self.position(info)
         with self._on_stream():
-            if info.epoch_idx != self._device_epoch:
-                order = torch.from_numpy(self.epoch_indexes(info.epoch_idx))
+            if epoch != self._device_epoch:
+                order = torch.from_numpy(self.epoch_indexes(epoch))
                 self._device_order = order.to(self.device, non_blocking=True)
-                self._device_epoch = info.epoch_idx
-            indexes = self._device_order[batch]
+                self._device_epoch = epoch
+            indexes = self._device_order[self.batch_indexes(epoch, batch)]
             return self.images.index_select(0, indexes), indexes
 
 
@@ -174,22 +233,38 @@ def arrays_device(dali_device: str, requested: str | None = None) -> str:
     return requested
 
 
+def hold_images(
+    images: np.ndarray, arrays: str, device_id: int | None
+) -> np.ndarray | torch.Tensor:
+    """The training images where ``arrays`` (:func:`arrays_device`) says: the host arrays as they
+    are, or one uint8 copy of them on CUDA device ``device_id`` (made here, on torch's current
+    stream; ``None``: the current device), shared by every pipeline the loader builds."""
+    if arrays == "host":
+        return images
+    device = torch.device("cuda", torch.cuda.current_device() if device_id is None else device_id)
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device)
+
+
 def make_source(
-    images: np.ndarray,
+    images: np.ndarray | torch.Tensor,
     batch_size: int,
     shard_id: int,
     num_shards: int,
     seed: int,
-    arrays: str,
-    device_id: int | None,
+    start: EpochStart | None = None,
 ) -> EpochShards:
-    """The ``external_source`` callback for ``arrays`` (:func:`arrays_device`): the host arrays,
-    or one copy of them on CUDA device ``device_id`` (made here, on torch's current stream)."""
-    if arrays == "host":
-        return EpochShards(images, batch_size, shard_id, num_shards, seed)
-    device = torch.device("cuda", 0 if device_id is None else device_id)
-    resident = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    return DeviceEpochShards(resident, batch_size, shard_id, num_shards, seed)
+    """The ``external_source`` callback over images held by :func:`hold_images`: host arrays
+    (:class:`EpochShards`) or a torch tensor (:class:`DeviceEpochShards`)."""
+    if isinstance(images, torch.Tensor):
+        return DeviceEpochShards(images, batch_size, shard_id, num_shards, seed, start)
+    return EpochShards(images, batch_size, shard_id, num_shards, seed, start)
+
+
+def pipeline_seed(seed: int, shard_id: int, start: EpochStart) -> int:
+    """The augmentations' seed of a pipeline of rank ``shard_id`` that starts at ``start``: from
+    ``(seed, rank, epoch, batch)``, so that no two pipelines of a run replay the same draws."""
+    entropy = (seed, shard_id, start.epoch, start.batch)
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 @pipeline_def(enable_conditionals=True)
@@ -231,45 +306,55 @@ def cifar_train_loader(
     device_id: int | None = None,
     model_device: torch.device | str = "cpu",
     arrays: str | None = None,
-) -> PretrainWrapper:
-    """solo-learn's ``PretrainWrapper`` over :func:`cifar_pipeline`, ``len()`` = batches per
-    epoch of this rank.
+    position: Callable[[int], EpochStart] | None = None,
+) -> EpochAlignedLoader:
+    """:class:`EpochAlignedLoader` over :func:`cifar_pipeline` and solo-learn's ``PretrainWrapper``,
+    ``len()`` = batches per epoch of this rank.
 
     Args:
         images, labels: (N, H, W, 3) uint8 and (N,) int64 (``-1`` for no labels).
         transforms: solo-learn's ``FullTransformPipeline`` of DALI augmentations.
         output_names: one name per view (solo-learn's ``large0, ..., small0, ...``).
-        device_id: the pipeline's CUDA device (``None``: CPU only).
+        device_id: the pipeline's CUDA device (``None``: CPU only), the model's
+            (:func:`cueco_plugin.data.dali.pipeline_device_id`).
         model_device: where the labels lookup and the batches live.
         arrays: where the images are held, ``"gpu"`` / ``"host"`` / ``None`` (automatic, see
             :func:`arrays_device`).
+        position: where each pass starts (``EpochAlignedLoader``); ``lightning_epoch_start`` under
+            a Trainer.
+
+    Raises:
+        ValueError: a batch larger than one rank's share of the images, or a bad ``arrays``.
     """
     arrays = arrays_device(dali_device, arrays)
-    source = make_source(images, batch_size, shard_id, num_shards, seed, arrays, device_id)
-    pipeline = cifar_pipeline(
-        source,
-        transforms,
-        dali_device,
-        batch_size=batch_size,
-        num_threads=num_threads,
-        device_id=device_id,
-        seed=seed + shard_id,
-    )
-    pipeline.build()
-    with warnings.catch_warnings():  # DALI asks for a file reader's name; there is none here
-        warnings.filterwarnings("ignore", message="Please set `reader_name`")
+    steps = shard_steps(len(images), batch_size, num_shards)
+    held = hold_images(images, arrays, device_id)
+
+    def make_wrapper(start: EpochStart) -> PretrainWrapper:
+        source = make_source(held, batch_size, shard_id, num_shards, seed, start)
+        pipeline = cifar_pipeline(
+            source,
+            transforms,
+            dali_device,
+            batch_size=batch_size,
+            num_threads=num_threads,
+            device_id=device_id,
+            seed=pipeline_seed(seed, shard_id, start),
+        )
+        pipeline.build()
         return PretrainWrapper(
             model_batch_size=batch_size,
             model_rank=shard_id,
             model_device=model_device,
-            dataset_size=len(images),
+            dataset_size=len(held),
             conversion_map=labels,  # index -> label lookup, as for encode_indexes_into_labels
             pipelines=pipeline,
             output_map=[*output_names, "label"],
-            size=source.steps * batch_size,
-            last_batch_policy=LastBatchPolicy.DROP,
+            size=-1,  # the source's StopIteration ends each epoch (EpochShards.position)
             auto_reset=True,
         )
+
+    return EpochAlignedLoader(make_wrapper, steps, position)
 
 
 def default_seed() -> int:
@@ -291,9 +376,7 @@ class CifarDALIDataModule(CPUCapablePretrainDALIDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         trainer = self.trainer
-        local_rank, rank, world = (
-            (trainer.local_rank, trainer.global_rank, trainer.world_size) if trainer else (0, 0, 1)
-        )
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         images, labels = load_cifar_arrays(self.dataset, self.train_data_path, train=True)
         if self.data_fraction > 0:  # as solo-learn's builders: stratified, random_state 42
             from sklearn.model_selection import train_test_split
@@ -307,8 +390,9 @@ class CifarDALIDataModule(CPUCapablePretrainDALIDataModule):
             images, labels = images[np.sort(keep)], labels[np.sort(keep)]
         if self.no_labels:
             labels = np.full_like(labels, -1)
-        gpu = self.dali_device == "gpu" and torch.cuda.is_available()
-        self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if gpu else "cpu")
+        model = model_device(trainer)
+        device_id = pipeline_device_id(self.dali_device, model)
+        self.device = batch_device(self.dali_device, model)
         self.arrays = arrays_device(self.dali_device)
         rank_zero_info(
             f"DALI CIFAR: {len(images)} training images held "
@@ -331,9 +415,10 @@ class CifarDALIDataModule(CPUCapablePretrainDALIDataModule):
             shard_id=rank,
             num_shards=world,
             seed=self.seed,
-            device_id=pipeline_device_id(self.dali_device, local_rank),
+            device_id=device_id,
             model_device=self.device,
             arrays=self.arrays,
+            position=functools.partial(lightning_epoch_start, trainer) if trainer else None,
         )
 
 
