@@ -7,14 +7,18 @@ k-means++ and Lloyd on the queue's real keys and the batch); every ``recluster_i
 it is re-clustered (Lloyd warm-started from the current centroids, or a fresh k-means++ with
 ``recluster_init: kmeans++``, the paper's "reset"); the cluster losses are off for
 ``freeze_iters`` steps after each clustering and ramp up linearly over ``ramp_iters`` steps after
-the first. In between, every step moves each centroid towards the mean of its keys:
-``c_j <- normalise(beta1 c_j + (1 - beta1) mean_j)``, ``var_j <- beta2 var_j + (1 - beta2)
-mean_j ||k - c_j||^2``; clusters without members keep their values, and clusters without members
-for ``dead_cluster_steps`` steps are revived by splitting a populous one.
+the first. In between, every step moves each centroid towards the mean of the keys weighted by
+their balanced shares ``w_ij`` (the method's Sinkhorn codes, equal mass per cluster):
+``c_j <- normalise(beta1 c_j + (1 - beta1) sum_i w_ij k_i / sum_i w_ij)``, ``var_j <- beta2 var_j
++ (1 - beta2) sum_i w_ij ||k_i - c_j||^2 / sum_i w_ij``. With hard nearest-centroid means instead
+(``weights=None``, the paper's reading) the populous clusters take the keys of their neighbours
+and the usage collapses (docs/results.md, the bank replay). Usage, ``last_active`` and the
+epoch's health count each key's nearest centroid; clusters without members for
+``dead_cluster_steps`` steps are revived by splitting a populous one.
 
 All tensor state lives in buffers and the schedule counters in the module's extra state, so the
 bank is saved and restored with the model's ``state_dict`` (Lightning checkpoints included).
-Under ``torch.distributed`` each step all-reduces one (K, D + 2) statistics tensor and each
+Under ``torch.distributed`` each step all-reduces one (K, D + 3) statistics tensor and each
 clustering broadcasts rank 0's result, so every rank holds the same bank as one process that saw
 the global batch. The per-step path (``assign``, ``accumulate``, ``step``) has no Python loop over
 samples or clusters and reads no tensor value on the host.
@@ -31,6 +35,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 RECLUSTER_INITS: tuple[str, ...] = ("warm", "kmeans++")
+#: a healthy bank, over an epoch of its momentum updates: at least this share of the K clusters
+#: had a member ...
+LIVE_FLOOR = 0.5
+#: ... and the normalised entropy of the clusters' member shares is at least this (1 = even)
+ENTROPY_FLOOR = 0.8
 
 
 def _dist_ready() -> bool:
@@ -45,24 +54,42 @@ def nearest_centroid(features: torch.Tensor, centroids: torch.Tensor) -> torch.T
 
 
 def cluster_statistics(
-    features: torch.Tensor, assignments: torch.Tensor, centroids: torch.Tensor
+    features: torch.Tensor,
+    assignments: torch.Tensor,
+    centroids: torch.Tensor,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-cluster sums of the finite features, their counts and squared distances.
+    """Per-cluster weighted sums of the finite features, their weight, weighted squared
+    distances and member counts.
 
     Args:
         features: (N, D); rows with a NaN or inf are left out (masked on the device).
-        assignments: (N,) int64 in [0, K). centroids: (K, D) the assignments refer to.
+        assignments: (N,) int64 in [0, K), each row's nearest centroid (its member count).
+        centroids: (K, D) the assignments refer to.
+        weights: (N, K) non-negative share of each row per cluster (e.g. balanced Sinkhorn
+            codes), or None: all of a row to its assigned cluster.
 
     Returns:
-        (K, D + 2) float32: ``[:D]`` feature sums, ``[D]`` counts, ``[D + 1]`` sums of
-        ``||x - c_a||^2``. One tensor, so one all-reduce suffices.
+        (K, D + 3) float32: ``[:D]`` weighted feature sums, ``[D]`` weights, ``[D + 1]`` weighted
+        sums of ``||x - c_j||^2``, ``[D + 2]`` member counts. One tensor, so one all-reduce
+        suffices.
     """
     x = features.float()
     finite = torch.isfinite(x).all(dim=1, keepdim=True)
     x = torch.where(finite, x, 0.0)
-    sq_dist = (x - centroids.float().index_select(0, assignments)).pow(2).sum(dim=1, keepdim=True)
-    rows = torch.cat([x, torch.ones_like(sq_dist), sq_dist], dim=1) * finite
-    return rows.new_zeros(centroids.shape[0], rows.shape[1]).index_add_(0, assignments, rows)
+    c = centroids.float()
+    k = c.shape[0]
+    ones = finite.float()
+    counts = x.new_zeros(k, 1).index_add_(0, assignments, ones)
+    if weights is None:
+        sq_dist = (x - c.index_select(0, assignments)).pow(2).sum(dim=1, keepdim=True)
+        rows = torch.cat([x, ones, sq_dist], dim=1) * finite
+        return torch.cat(
+            [rows.new_zeros(k, rows.shape[1]).index_add_(0, assignments, rows), counts], 1
+        )
+    w = weights.float() * finite  # (N, K)
+    sq = (x.pow(2).sum(1, keepdim=True) - 2.0 * (x @ c.T) + c.pow(2).sum(1)).clamp_min_(0.0)
+    return torch.cat([w.T @ x, w.sum(0).unsqueeze(1), (w * sq).sum(0).unsqueeze(1), counts], 1)
 
 
 def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -101,7 +128,7 @@ def lloyd_step(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """One spherical Lloyd iteration: (N, D), (K, D) -> (K, D) unit centroids; a cluster left
     empty keeps its previous centroid."""
     stats = cluster_statistics(x, nearest_centroid(x, centroids), centroids)
-    sums, counts = stats[:, :-2], stats[:, -2:-1]
+    sums, counts = stats[:, :-3], stats[:, -1:]
     return torch.where(counts > 0, F.normalize(sums, dim=1), centroids)
 
 
@@ -119,6 +146,7 @@ class CentroidBank(nn.Module):
     concentration: torch.Tensor
     usage: torch.Tensor
     last_active: torch.Tensor
+    epoch_counts: torch.Tensor
 
     def __init__(
         self,
@@ -162,9 +190,12 @@ class CentroidBank(nn.Module):
         self.register_buffer("usage", torch.full((k,), 1.0 / k))
         # the step at which each cluster last had a member (or was revived)
         self.register_buffer("last_active", torch.zeros(k, dtype=torch.long))
-        # (K, D + 2) statistics of this rank since the last step(): a plain attribute, since
+        # (K, D + 3) statistics of this rank since the last step(): a plain attribute, since
         # DDP's buffer broadcast would overwrite per-rank state held in a buffer
         self._pending: torch.Tensor | None = None
+        # members per cluster over every rank since reset_epoch() (the epoch's health); not
+        # checkpointed: a run resumed mid-epoch counts from its resume
+        self.register_buffer("epoch_counts", torch.zeros(k), persistent=False)
         # schedule counters: host-side ints (no sync to read), saved via extra state
         self.num_updates = 0
         self.num_clusterings = 0
@@ -231,10 +262,16 @@ class CentroidBank(nn.Module):
         return nearest_centroid(features, self.centroids)
 
     @torch.no_grad()
-    def accumulate(self, features: torch.Tensor, assignments: torch.Tensor) -> None:
-        """Adds this rank's keys (N, D) and their clusters (N,) to the pending statistics;
+    def accumulate(
+        self,
+        features: torch.Tensor,
+        assignments: torch.Tensor,
+        weights: torch.Tensor | None = None,
+    ) -> None:
+        """Adds this rank's keys (N, D), their nearest clusters (N,) and optionally their
+        balanced shares (N, K) to the pending statistics (:func:`cluster_statistics`);
         :meth:`step` applies them once per optimiser step. Non-finite keys are left out."""
-        stats = cluster_statistics(features, assignments, self.centroids)
+        stats = cluster_statistics(features, assignments, self.centroids, weights)
         self._pending = stats if self._pending is None else self._pending + stats
 
     @torch.no_grad()
@@ -256,23 +293,28 @@ class CentroidBank(nn.Module):
         if not self.seeded:
             return None
         if stats is None:
-            stats = self.centroids.new_zeros(self.num_clusters, self.dim + 2)
+            stats = self.centroids.new_zeros(self.num_clusters, self.dim + 3)
         if _dist_ready():
             dist.all_reduce(stats)
         if skipped is not None:
             stats = torch.where(skipped, 0.0, stats)
-        sums, counts, sq_sums = stats[:, :-2], stats[:, -2], stats[:, -1]
-        has = counts > 0
-        denom = counts.clamp_min(1.0)
+        sums, mass, sq_sums, counts = stats[:, :-3], stats[:, -3], stats[:, -2], stats[:, -1]
+        moving = mass > 0
         moved = F.normalize(
-            torch.lerp(self.centroids, sums / denom.unsqueeze(1), 1.0 - self.centroid_momentum),
+            torch.lerp(
+                self.centroids,
+                sums / mass.clamp_min(1e-12).unsqueeze(1),
+                1.0 - self.centroid_momentum,
+            ),
             dim=1,
         )
-        self.centroids.copy_(torch.where(has.unsqueeze(1), moved, self.centroids))
-        batch_var = torch.where(has, sq_sums / denom, self.variances)
+        self.centroids.copy_(torch.where(moving.unsqueeze(1), moved, self.centroids))
+        batch_var = torch.where(moving, sq_sums / mass.clamp_min(1e-12), self.variances)
         self.variances.lerp_(batch_var, 1.0 - self.variance_momentum).clamp_min_(self.min_variance)
         share = torch.where(counts.sum() > 0, counts / counts.sum().clamp_min(1.0), self.usage)
         self.usage.lerp_(share, 1.0 - self.centroid_momentum)
+        self.epoch_counts.add_(counts)
+        has = counts > 0
         self.last_active.masked_fill_(has, self.num_updates)
         if self.dead_cluster_steps > 0 and self.num_updates % self.revive_check_interval == 0:
             return self._revive_dead_clusters(counts)
@@ -330,6 +372,30 @@ class CentroidBank(nn.Module):
             "mean_variance": self.variances.mean(),
         }
 
+    def epoch_health(self) -> dict[str, torch.Tensor]:
+        """The clusters the momentum update met since :meth:`reset_epoch` (tensors, no sync):
+        ``epoch_live_clusters`` (with at least one member) and ``epoch_usage_entropy`` (the
+        normalised entropy of their member shares, 1 = even, 0 = one cluster)."""
+        counts = self.epoch_counts
+        share = counts / counts.sum().clamp_min(1.0)
+        entropy = -(share * share.clamp_min(1e-12).log()).sum() / math.log(self.num_clusters)
+        return {"epoch_live_clusters": (counts > 0).sum(), "epoch_usage_entropy": entropy}
+
+    def reset_epoch(self) -> None:
+        self.epoch_counts.zero_()
+
+    def collapse_message(self, health: dict[str, torch.Tensor]) -> str | None:
+        """What is below the floors in :meth:`epoch_health`'s values (read on the host), or
+        None for a healthy bank."""
+        live, entropy = int(health["epoch_live_clusters"]), float(health["epoch_usage_entropy"])
+        floor = math.ceil(LIVE_FLOOR * self.num_clusters)
+        if live >= floor and entropy >= ENTROPY_FLOOR:
+            return None
+        return (
+            f"{live} of {self.num_clusters} clusters had a member (floor {floor}) and the usage "
+            f"entropy is {entropy:.3f} (floor {ENTROPY_FLOOR})"
+        )
+
     # ------------------------------------------------------------------ clustering
     @torch.no_grad()
     def cluster(self, features: torch.Tensor) -> bool:
@@ -364,7 +430,7 @@ class CentroidBank(nn.Module):
                 centroids = lloyd_step(x, centroids)
             assignments = nearest_centroid(x, centroids)
             stats = cluster_statistics(x, assignments, centroids)
-            counts, sq_sums = stats[:, -2], stats[:, -1]
+            counts, sq_sums = stats[:, -1], stats[:, -2]
             overall = sq_sums.sum() / counts.sum()
             variances = torch.where(counts >= 2, sq_sums / counts.clamp_min(1.0), overall)
             variances = variances.clamp_min(max(self.min_variance, 1e-8))

@@ -42,11 +42,12 @@ CUECO_OPTIONS: dict[str, tuple[Any, str]] = {
     "recluster_init": ("kmeans++", ("warm", "kmeans++")),
     "dead_cluster_steps": (100, "int>=0"),
     "lloyd_iters": (10, "int>=0"),
-    # variants
-    "targets": ("hard", ("hard", "sinkhorn")),
+    # the bank's balanced update: Sinkhorn shares of the keys and the queue's newest keys
     "sinkhorn_epsilon": (0.05, "number>0"),
     "sinkhorn_iters": (3, "int>=1"),
     "sinkhorn_queue_keys": (4096, "int>=0"),
+    # variants
+    "targets": ("hard", ("hard", "sinkhorn")),
     "temperature_mode": ("fixed", ("fixed", "concentration")),
     "negative_mask": ("none", ("none", "hard", "hcsc")),
     # ablation of what the bank adds: CLD's cross-view loss against a per-batch k-means, on its

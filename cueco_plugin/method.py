@@ -10,14 +10,17 @@ One training step, for the two large crops v1, v2 of a batch of B images per ran
    every ``recluster_interval`` steps) it is clustered from them and the queue's real keys;
 4. targets: with ``assignment_source: key`` q1 is pulled to the cluster of k2 and q2 to that of
    k1 (L1's positive pairs), with ``query`` each query to its own nearest centroid; hard nearest
-   centroids, or Sinkhorn-balanced soft assignments over the gathered keys and recent queue keys;
+   centroids, or the same balanced shares the bank moves by (``targets: sinkhorn``);
 5. L2 (centroid contrast, temperature fixed or PCL's per-cluster concentration) and L3
    (variance-scaled distance), both views averaged, weighted by the bank's schedule (0 in the
    warm-up and freeze windows, then a linear ramp);
-6. the local keys are accumulated into the bank and the gathered keys enqueued with their
-   clusters. After each optimiser step (``on_train_batch_end``, where solo-learn updates the
-   momentum encoder, so gradient accumulation is respected) the bank takes one momentum step,
-   all-reducing the accumulated statistics, unless the optimiser skipped the step.
+6. the local keys are accumulated into the bank with their balanced shares (Sinkhorn over the
+   gathered keys and the queue's newest keys, SwAV's equipartition: every centroid is moved by
+   an equal share of the keys, so the update cannot feed the populous clusters) and the
+   gathered keys enqueued with their clusters. After each optimiser step
+   (``on_train_batch_end``, where solo-learn updates the momentum encoder, so gradient
+   accumulation is respected) the bank takes one momentum step, all-reducing the accumulated
+   statistics, unless the optimiser skipped the step.
 
 Total: ``lambda_nce L1 + w (lambda_centroid L2 + lambda_variance L3)`` plus solo-learn's online
 classifier loss on detached features; with ``lambda_cld > 0`` (an ablation of what the bank adds)
@@ -285,24 +288,30 @@ class CueCo(BaseMomentumMethod):
                 "until the queue holds enough"
             )
 
+    def _codes(self, gathered: torch.Tensor) -> torch.Tensor:
+        """Balanced soft assignments (2, N, K) of the gathered keys (2, N, D): Sinkhorn over
+        them and the queue's ``sinkhorn_queue_keys`` most recent keys, so every centroid gets
+        an equal share (SwAV's equipartition); the same on every rank."""
+        keys = gathered.reshape(-1, gathered.shape[-1]).float()
+        recent = self.queue.recent(self.mk.sinkhorn_queue_keys // 2)
+        with torch.autocast(device_type=keys.device.type, enabled=False):  # float32 scores
+            scores = torch.cat([keys, recent.float()]) @ self.bank.centroids.float().T
+        soft = sinkhorn(scores, self.mk.sinkhorn_epsilon, self.mk.sinkhorn_iters)
+        return soft[: keys.shape[0]].view(*gathered.shape[:2], soft.shape[1])
+
     def _targets(
-        self, q: torch.Tensor, gathered: torch.Tensor, assign: torch.Tensor, local: slice
+        self, q: torch.Tensor, codes: torch.Tensor | None, assign: torch.Tensor, local: slice
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """L2's targets (2B,) or (2B, K) and the hard clusters (2B,) the queries (2B, D) are
-        pulled to, from the gathered keys (2, N, D) and their clusters (2, N); ``local`` selects
-        this rank's rows."""
+        pulled to, from the gathered keys' clusters (2, N) and balanced codes (2, N, K);
+        ``local`` selects this rank's rows."""
         if self.mk.assignment_source == "query":
             hard = self.bank.assign(q.detach())
         else:
             hard = swap_views(assign[:, local].reshape(-1))
         if self.mk.targets == "hard":
             return hard, hard
-        keys = gathered.reshape(-1, gathered.shape[-1]).float()
-        recent = self.queue.recent(self.mk.sinkhorn_queue_keys // 2)
-        with torch.autocast(device_type=keys.device.type, enabled=False):  # float32 scores
-            scores = torch.cat([keys, recent.float()]) @ self.bank.centroids.float().T
-        soft = sinkhorn(scores, self.mk.sinkhorn_epsilon, self.mk.sinkhorn_iters)
-        soft = soft[: keys.shape[0]].view(2, -1, soft.shape[1])[:, local]
+        soft = codes[:, local]
         return swap_views(soft.reshape(-1, soft.shape[-1])), hard
 
     def _nce_loss(self, q: torch.Tensor, k: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
@@ -353,11 +362,12 @@ class CueCo(BaseMomentumMethod):
         if bank.wants_clustering:  # host-side schedule: no sync
             self._cluster(gathered.reshape(-1, gathered.shape[-1]).float())
         weight = bank.loss_weight
-        targets = hard = None  # only needed while the cluster losses are on
+        targets = hard = codes = None  # only needed while the cluster losses are on
         if bank.seeded:
             assign = bank.assign(gathered.reshape(-1, gathered.shape[-1])).view(2, -1)
+            codes = self._codes(gathered)  # the bank's balanced update (and L2's soft targets)
             if weight > 0:
-                targets, hard = self._targets(q, gathered, assign, local)
+                targets, hard = self._targets(q, codes, assign, local)
         else:
             assign = gathered.new_full(gathered.shape[:2], -1, dtype=torch.long)
 
@@ -372,8 +382,9 @@ class CueCo(BaseMomentumMethod):
         else:
             centroid_loss = variance_loss = nce_loss.new_zeros(())
 
-        if bank.seeded:
-            bank.accumulate(k, assign[:, local].reshape(-1))  # the keys' own clusters
+        if bank.seeded:  # the keys' balanced shares move the centroids; their clusters count
+            shares = codes[:, local].reshape(-1, codes.shape[-1])
+            bank.accumulate(k, assign[:, local].reshape(-1), shares)
         self.queue.enqueue(gathered, assign)
         return nce_loss, centroid_loss, variance_loss, weight, assign
 
@@ -459,6 +470,26 @@ class CueCo(BaseMomentumMethod):
                 f"per-dimension std is {float(feature_std):.2e}, below "
                 f"method_kwargs.collapse_threshold / sqrt(D) = {self.collapse_floor:.2e}"
             )
+            if self.mk.stop_on_collapse:
+                raise RuntimeError(message + " (stop_on_collapse: True)")
+            rank_zero_warn(message)
+
+    def on_train_epoch_start(self) -> None:
+        self.bank.reset_epoch()
+
+    def on_train_epoch_end(self) -> None:
+        """Logs the clusters the bank's update met this epoch (``train_epoch_live_clusters``,
+        ``train_epoch_usage_entropy``) and warns, or with ``stop_on_collapse`` stops, when they
+        fall below the bank's floors (:data:`cueco_plugin.bank.LIVE_FLOOR` of K, usage entropy
+        :data:`cueco_plugin.bank.ENTROPY_FLOOR`). One host read per epoch; the same values on
+        every rank (the counts are all-reduced), so every rank decides alike."""
+        if not self.bank.seeded or float(self.bank.epoch_counts.sum()) == 0:
+            return
+        health = self.bank.epoch_health()
+        self.log_dict({f"train_{name}": value for name, value in health.items()})
+        message = self.bank.collapse_message(health)
+        if message is not None:
+            message = f"CueCo: cluster collapse in epoch {self.current_epoch}: {message}"
             if self.mk.stop_on_collapse:
                 raise RuntimeError(message + " (stop_on_collapse: True)")
             rank_zero_warn(message)

@@ -127,6 +127,34 @@ def solo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def two_epoch_run(
+    solo_root: Path, shared_datasets: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict:
+    """The uninterrupted :data:`solo_runs.TWO_EPOCHS` run of stock ``main_pretrain.py`` on the
+    CIFAR-10 PNGs, probed, both epochs' checkpoints kept; the reference of every resume test
+    through the entry point. Made once per test session.
+
+    Returns:
+        ``checkpoints`` (after epoch 0 and 1, oldest first) and ``probe`` (rank 0's record).
+    """
+    import torch
+    from solo_runs import TWO_EPOCHS, checkpoints, run_main_pretrain, tail
+
+    workdir = tmp_path_factory.mktemp("two_epochs")
+    run = run_main_pretrain(
+        solo_root,
+        workdir,
+        shared_datasets / "cifar10-folder-small" / "train",
+        [*TWO_EPOCHS, "checkpoint.keep_prev=True"],
+        workdir / "probe",
+    )
+    if run.returncode != 0:
+        raise subprocess.SubprocessError(f"main_pretrain.py failed:\n{tail(run)}")
+    probe = torch.load(workdir / "probe" / "rank0.pt", weights_only=True)
+    return {"checkpoints": checkpoints(workdir), "probe": probe}
+
+
+@pytest.fixture(scope="session")
 def tiny_cueco_run(
     solo_root: Path, shared_datasets: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:

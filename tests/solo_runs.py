@@ -46,7 +46,25 @@ DETERMINISTIC_VIEWS = (
 # issue 17's partial-epoch run, DALI CIFAR (CPU backend): 80 images of batch 16 are 5 batches an
 # epoch, of which 3 are taken, for 3 epochs: 9 optimiser steps; deterministic views and constant
 # lr and tau, so that a resumed run can equal it bit for bit (tests/test_interrupts.py)
+# Two epochs of 3 steps on the CIFAR-10 PNGs that resume exactly: deterministic views,
+# strategy=ddp on one process (its DistributedSampler seeds the order per epoch), constant lr and
+# tau; recluster_interval=4 puts a re-clustering after any mid-run resume point.
+TWO_EPOCHS = (
+    "data.val_path=null",
+    "scheduler.name=none",
+    "momentum.final_tau=0.99",
+    "strategy=ddp",
+    'devices="1"',
+    "limit_train_batches=3",
+    "optimizer.batch_size=8",
+    "method_kwargs.recluster_interval=4",
+    "max_epochs=2",
+    *DETERMINISTIC_VIEWS,
+)
+
 DALI_PARTIAL_EPOCHS = (
+    # solo-learn's WideResNet-28-2: at 32 px a quarter of the CIFAR-stem ResNet-18's compute
+    "backbone.name=wide_resnet28w2",
     "data.val_path=null",
     "scheduler.name=none",
     "momentum.final_tau=0.99",

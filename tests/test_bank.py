@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from cueco_plugin.bank import (
+    ENTROPY_FLOOR,
+    LIVE_FLOOR,
     CentroidBank,
     cluster_statistics,
     kmeans_plus_plus,
@@ -157,7 +159,9 @@ def test_cluster_statistics_sums_counts_and_squared_distances_of_finite_rows() -
     c = torch.tensor(C3)
     x = torch.tensor([[0.6, 0.8], [0.8, 0.6], [0.0, 1.0]])
     a = torch.tensor([1, 0, 1])
-    expected = torch.tensor([[0.8, 0.6, 1.0, 0.4], [0.6, 1.8, 2.0, 0.4], [0.0, 0.0, 0.0, 0.0]])
+    expected = torch.tensor(
+        [[0.8, 0.6, 1.0, 0.4, 1.0], [0.6, 1.8, 2.0, 0.4, 2.0], [0.0, 0.0, 0.0, 0.0, 0.0]]
+    )
     torch.testing.assert_close(cluster_statistics(x, a, c), expected)
     # rows with a NaN or an inf (assigned anywhere) add nothing, not even to the counts
     bad = torch.tensor([[float("nan"), 0.0], [float("inf"), 1.0], [0.5, -float("inf")]])
@@ -274,7 +278,8 @@ def test_pending_statistics_are_per_rank_state_not_buffers() -> None:
     set_bank(bank, C3, [0.5, 1.0, 2.0])
     x = torch.tensor([[0.6, 0.8], [0.8, 0.6], [0.0, 1.0]])
     bank.accumulate(x, bank.assign(x))
-    assert set(dict(bank.named_buffers())) == set(BUFFERS)
+    # epoch_counts holds all-reduced counts (equal on every rank) and is not checkpointed
+    assert set(dict(bank.named_buffers())) == set(BUFFERS) | {"epoch_counts"}
     assert set(bank.state_dict()) == set(BUFFERS) | {"_extra_state"}
     assert bank.cluster(x)  # re-clustering drops statistics gathered against the old centroids
     before = bank.centroids.clone()
@@ -487,7 +492,7 @@ def test_clustering_recovers_well_separated_clusters() -> None:
     # variances are each cluster's mean squared distance to its centroid
     a = nearest_centroid(x, bank.centroids)
     stats = cluster_statistics(x, a, bank.centroids)
-    torch.testing.assert_close(bank.variances, stats[:, -1] / stats[:, -2])
+    torch.testing.assert_close(bank.variances, stats[:, -2] / stats[:, -1])
     assert bank.seeded and bank.num_clusterings == 1 and bank.seed_update == 0
 
 
@@ -740,3 +745,59 @@ def test_revival_happens_in_the_checkpoint_round_trip_scenario() -> None:
     """Guards the test above: with two blobs and six clusters, some clusters really die."""
     bank = CentroidBank(**bank_args(**CKPT_ARGS))  # type: ignore[arg-type]
     assert run_training(bank, range(12)) > 0
+
+
+# ---------------------------------------------------------------- balanced update and health
+def test_weighted_statistics_move_each_centroid_by_its_share_and_count_nearest_members() -> None:
+    c = torch.tensor(C3)
+    x = torch.tensor([[0.6, 0.8], [0.8, 0.6]])
+    a = torch.tensor([1, 0])
+    w = torch.tensor([[0.5, 0.5, 0.0], [0.25, 0.25, 0.5]])
+    stats = cluster_statistics(x, a, c, w)
+    torch.testing.assert_close(stats[:, :2], w.T @ x)
+    torch.testing.assert_close(stats[:, 2], w.sum(0))
+    sq = torch.cdist(x, c).pow(2)
+    torch.testing.assert_close(stats[:, 3], (w * sq).sum(0))
+    assert stats[:, 4].tolist() == [1.0, 1.0, 0.0]  # nearest-centroid members, not shares
+
+
+def test_balanced_shares_move_a_centroid_that_no_key_is_nearest_to() -> None:
+    bank = make_bank()
+    set_bank(bank, C3, [0.5, 1.0, 2.0])
+    x = torch.tensor([[0.6, 0.8], [0.8, 0.6]])
+    shares = torch.tensor([[0.0, 0.5, 0.5], [0.5, 0.0, 0.5]])
+    bank.accumulate(x, bank.assign(x), shares)
+    bank.step()
+    # cluster 2 had no nearest key but half of each: it moved halfway to their mean (beta 0.5)
+    expected = F.normalize(0.5 * torch.tensor([-1.0, 0.0]) + 0.5 * x.mean(0), dim=0)
+    torch.testing.assert_close(bank.centroids[2], expected)
+    assert bank.epoch_counts.tolist() == [1.0, 1.0, 0.0]  # health counts nearest members
+
+
+def test_epoch_health_counts_the_epochs_members_and_names_what_is_below_the_floors() -> None:
+    bank = make_bank(num_clusters=4, dim=2)
+    assert bank.cluster(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]]))
+    bank.reset_epoch()
+    even = torch.tensor([[1.0, 0.1], [0.1, 1.0], [-1.0, 0.1], [0.1, -1.0]])
+    train_step(bank, even)
+    health = bank.epoch_health()
+    assert int(health["epoch_live_clusters"]) == 4
+    assert float(health["epoch_usage_entropy"]) == pytest.approx(1.0)
+    assert bank.collapse_message(health) is None
+    for _ in range(20):  # then one cluster takes nearly every key
+        train_step(bank, torch.tensor([[1.0, 0.05]] * 8))
+    health = bank.epoch_health()
+    assert int(health["epoch_live_clusters"]) == 4
+    entropy = float(health["epoch_usage_entropy"])
+    assert entropy < ENTROPY_FLOOR
+    assert bank.collapse_message(health) == (
+        f"4 of 4 clusters had a member (floor 2) and the usage entropy is {entropy:.3f} "
+        f"(floor {ENTROPY_FLOOR})"
+    )
+    bank.reset_epoch()
+    train_step(bank, torch.tensor([[1.0, 0.05]] * 8))
+    health = bank.epoch_health()
+    assert int(health["epoch_live_clusters"]) == 1 and "1 of 4 clusters" in bank.collapse_message(
+        health
+    )
+    assert LIVE_FLOOR == 0.5

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cueco_plugin.cifar_folder import (
+from cueco_plugin.cli.cifar_to_folder import (
     CIFAR10_CLASSES,
     MANIFEST_NAME,
     main,
@@ -233,7 +233,14 @@ def test_a_killed_export_leaves_no_tree_that_looks_complete(shared_datasets, tmp
     """The reported fault: an interrupted export left a 0-byte PNG and a manifest that listed
     what was not there, in a tree that looked complete."""
     out = tmp_path / "tree"
-    command = [sys.executable, "-m", "cueco_plugin.cifar_folder", "--no-progress", "-o", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "cueco_plugin.cli.cifar_to_folder",
+        "--no-progress",
+        "-o",
+        str(out),
+    ]
     source = str(shared_datasets / "cifar10" / "cifar10_test.npz")
     run = subprocess.Popen([*command, source], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -286,7 +293,14 @@ def test_module_entry_point_shows_a_progress_bar(real_test_split, tmp_path):
     npz = tmp_path / "mini_train.npz"
     np.savez(npz, images=real_test_split["images"][:20], labels=real_test_split["labels"][:20])
     result = subprocess.run(
-        [sys.executable, "-m", "cueco_plugin.cifar_folder", str(npz), "-o", str(tmp_path / "o")],
+        [
+            sys.executable,
+            "-m",
+            "cueco_plugin.cli.cifar_to_folder",
+            str(npz),
+            "-o",
+            str(tmp_path / "o"),
+        ],
         capture_output=True,
         text=True,
         check=True,

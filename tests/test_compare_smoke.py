@@ -8,6 +8,7 @@ import csv
 import importlib.util
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -86,11 +87,20 @@ def test_study_trains_both_arms_on_both_seeds_and_writes_table_csv_plot_then_res
     rows = _rows(tmp_path)
     assert COLUMNS | {"device"} <= set(rows[0])
     pairs = [(r["arm"], r["seed"]) for r in rows]
-    assert pairs == [(arm, seed) for seed in "56" for arm in ("mocov2plus", "cueco-soft")]
+    arms = ("untrained", "mocov2plus", "cueco-soft")
+    assert pairs == [(arm, seed) for seed in "56" for arm in arms]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     control = {r["seed"]: r for r in rows if r["arm"] == "mocov2plus"}
+    untrained = {r["seed"]: r for r in rows if r["arm"] == "untrained"}
     for r in rows:
-        assert (r["status"], r["steps"], r["device"]) == ("ok", "2", device), r
+        steps = "0" if r["arm"] == "untrained" else "2"
+        assert (r["status"], r["steps"], r["device"]) == ("ok", steps, device), r
+        # a fresh k-means of every row's keys at the K of the CueCo YAML (10); the bank's only
+        # where there is one
+        assert r["num_clusters"] == "10" and 1 <= int(r["kmeans_live"]) <= 10, r
+        assert 0.0 < float(r["kmeans_entropy"]) <= 1.0 and 0 < float(r["kmeans_m2o"]) <= 100
+        has_bank = r["arm"] == "cueco-soft"
+        assert (r["bank_live"] != "") == has_bank and (r["epoch_live_clusters"] != "") == has_bank
         for key in ("knn", "linear"):
             value, delta = float(r[f"{key}_top1"]), float(r[f"{key}_delta"])
             assert 0.0 <= value <= 100.0 and math.isfinite(delta), r
@@ -100,23 +110,42 @@ def test_study_trains_both_arms_on_both_seeds_and_writes_table_csv_plot_then_res
     out = tmp_path / "out" / "smoke_study"
     table = (out / "results.md").read_text()
     assert "Smoke result, not evidence" in table
-    assert "| arm | seed | status | kNN top-1 (%) | Δ kNN vs mocov2plus |" in table
-    cueco6 = rows[3]
+    assert "| arm | seed | status | kNN top-1 (%) | Δ kNN | linear top-1 (%) | Δ linear |" in table
+    cueco6 = rows[5]
     knn6 = f"{float(cueco6['knn_top1']):.2f} | {float(cueco6['knn_delta']):+.2f}"
     assert f"| cueco-soft | 6 | ok | {knn6} |" in table
     assert "best CueCo arm by kNN on seed 5 (`cueco-soft`)" in table
-    assert (out / "knn_per_epoch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    runs = json.loads((out / "metadata.json").read_text())["runs"]
-    assert [[epoch for epoch, _ in r["history"]] for r in runs] == [[1]] * 4
+    sd = statistics.stdev(float(control[s]["knn_top1"]) for s in "56")
     assert (
-        runs[1]["method_kwargs"]["lambda_centroid"] == 0.25
-        and "num_clusters" not in runs[0]["method_kwargs"]
+        f"**Control (mocov2plus) seed-to-seed SD: {sd:.2f} kNN points over seeds 5, 6.**" in table
+    )
+    gains = [float(control[s]["knn_top1"]) - float(untrained[s]["knn_top1"]) for s in "56"]
+    line = f"Control minus untrained, kNN: {gains[0]:+.2f} (seed 5), {gains[1]:+.2f} (seed 6)."
+    assert line in table
+    for png in ("knn_per_epoch.png", "bank_health.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runs = json.loads((out / "metadata.json").read_text())["runs"]
+    assert [[epoch for epoch, _ in r["history"]] for r in runs] == [[], [1], [1]] * 2
+    assert (
+        runs[2]["health_history"]["live_clusters"]
+        and runs[2]["health_history"]["epoch_live_clusters"]
+    )
+    assert not any(runs[1].get("health_history", {}).values())  # the control has no bank
+    assert (
+        runs[2]["method_kwargs"]["lambda_centroid"] == 0.25
+        and "num_clusters" not in runs[1]["method_kwargs"]
     )
 
     # the same command again: every run finished with the same config, nothing trains
     logs = sorted(out.glob("runs/*/metrics.csv"))
     stamps = [p.stat().st_mtime_ns for p in logs]
     assert len(logs) == 4 and study.main(argv) == 0
+    assert [p.stat().st_mtime_ns for p in logs] == stamps
+    assert [(r["arm"], r["seed"], r["knn_top1"]) for r in _rows(tmp_path)] == [
+        (r["arm"], r["seed"], r["knn_top1"]) for r in rows
+    ]
+    # a later invocation of some arms and seeds keeps the other finished runs in the results
+    assert study.main([*argv, "--only", "mocov2plus", "--seeds", "5"]) == 0
     assert [p.stat().st_mtime_ns for p in logs] == stamps
     assert [(r["arm"], r["seed"], r["knn_top1"]) for r in _rows(tmp_path)] == [
         (r["arm"], r["seed"], r["knn_top1"]) for r in rows
@@ -132,6 +161,7 @@ def test_study_starts_no_arm_past_its_budget_and_still_writes_the_table(
     assert _study().main(argv) == 1
     rows = _rows(tmp_path)
     assert [(r["arm"], r["seed"], r["status"]) for r in rows] == [
+        ("untrained", "5", "ok"),  # scoring only: no training to budget
         ("mocov2plus", "5", "skipped (budget)"),
         ("cueco-soft", "5", "skipped (budget)"),
     ]
@@ -148,7 +178,7 @@ def test_study_starts_no_arm_past_its_budget_and_still_writes_the_table(
     [
         (ARMS.replace("smoke_study", "smoke"), [], "must contain 'study'"),
         (ARMS.replace("mocov2plus: [method=mocov2plus]", ""), [], "control arm 'mocov2plus'"),
-        (ARMS.replace("cueco-soft:", "soft:"), [], "arm 'soft': names are 'mocov2plus' or"),
+        (ARMS.replace("cueco-soft:", "soft:"), [], "arm 'soft': names are 'mocov2plus',"),
         (
             ARMS.replace("method_kwargs.freeze_iters", "+method_kwargs.freeze"),
             [],
@@ -164,6 +194,8 @@ def test_study_starts_no_arm_past_its_budget_and_still_writes_the_table(
         (ARMS, ["--profile", "gpu-long"], "--profile 'gpu-long' is not in"),
         (ARMS, ["--set", "method_kwargs.queue_size=32"], "smaller than the training set"),
         (ARMS, ["--only", "cueco-x"], "--only names unknown arm(s) ['cueco-x']"),
+        (ARMS, ["--record-keys", "cueco-x"], "--record-keys names unknown arm(s) ['cueco-x']"),
+        (ARMS, ["--seeds", "5", "5"], "--seeds must be distinct"),
     ],
 )
 def test_study_rejects_bad_arms_and_options_before_training(
@@ -201,6 +233,35 @@ def test_control_arm_is_solo_learns_mocov2plus_with_its_own_cifar_recipe(solo_ro
     assert OmegaConf.to_container(ours.augmentations) == OmegaConf.to_container(
         theirs.augmentations
     )
+
+
+@requires_solo
+@pytest.mark.solo
+def test_study_trains_over_a_failed_runs_logs_without_online_knn_and_records_keys(
+    tmp_path: Path, shared_datasets: Path, one_thread: None
+) -> None:
+    """A rerun over a failed run's folder (its metrics.csv has other columns) and a profile
+    with online kNN off both finish; --record-keys saves each step's keys of the control."""
+    control_only = (
+        "name: smoke_study\nprofile: cpu-tiny\narms:\n  mocov2plus: [method=mocov2plus]\n"
+    )
+    stale = tmp_path / "out" / "smoke_study" / "runs" / "mocov2plus-s7"
+    stale.mkdir(parents=True)
+    (stale / "metrics.csv").write_text("other,columns\n1,2\n")
+    (stale / "error.txt").write_text("an earlier failure")
+    extra = ["knn_eval.enabled=False", "--seeds", "7", "--record-keys", "mocov2plus"]
+    argv = _argv(tmp_path, shared_datasets / "cifar10", control_only, *extra)
+    assert _study().main(argv) == 0
+    rows = _rows(tmp_path)
+    assert [(r["arm"], r["seed"], r["status"]) for r in rows] == [
+        ("untrained", "7", "ok"),
+        ("mocov2plus", "7", "ok"),
+    ]
+    runs = json.loads((tmp_path / "out" / "smoke_study" / "metadata.json").read_text())["runs"]
+    assert runs[1]["history"] == [] and not (stale / "error.txt").exists()
+    keys = torch.load(stale / "keys.pt")
+    assert keys["keys"].shape == (2, 2, 16, 128) and keys["steps_per_epoch"] == 2
+    assert torch.allclose(keys["keys"].float().norm(dim=-1), torch.ones(2, 2, 16), atol=1e-2)
 
 
 def test_best_cueco_arm_is_the_highest_knn_of_the_first_seed_among_finished_runs() -> None:

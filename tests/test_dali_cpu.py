@@ -250,8 +250,8 @@ def test_exported_cifar_tree_is_read_by_solo_custom_dataset_and_by_dali(shared_d
     import numpy as np
     from solo.data.pretrain_dataloader import prepare_datasets
 
-    from cueco_plugin.cifar_folder import CIFAR10_CLASSES
-    from cueco_plugin.cifar_folder import main as export
+    from cueco_plugin.cli.cifar_to_folder import CIFAR10_CLASSES
+    from cueco_plugin.cli.cifar_to_folder import main as export
 
     source = shared_datasets / "cifar10" / "cifar10_test.npz"
     export([f"train={source}", "-o", str(tmp_path), "--limit-per-class", "3", "--no-progress"])

@@ -16,7 +16,12 @@ import torch
 import torchvision
 from torch import nn
 
-from cueco_plugin.export import ExportError, build_torchvision_resnet, export_backbone, main
+from cueco_plugin.cli.export_backbone import (
+    ExportError,
+    build_torchvision_resnet,
+    export_backbone,
+    main,
+)
 
 
 def solo_checkpoint(

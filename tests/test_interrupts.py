@@ -18,7 +18,7 @@ from conftest import requires_solo
 from solo_runs import (
     DALI_CIFAR_CONFIG,
     DALI_PARTIAL_EPOCHS,
-    DETERMINISTIC_VIEWS,
+    TWO_EPOCHS,
     assert_same_training_state,
     load_checkpoint,
     main_pretrain_command,
@@ -29,19 +29,8 @@ from solo_runs import (
 
 pytestmark = [requires_solo, pytest.mark.solo, pytest.mark.slow]
 
-N = 3  # steps per epoch; two epochs
-COMMON = [
-    "data.val_path=null",
-    "scheduler.name=none",
-    "momentum.final_tau=0.99",
-    "strategy=ddp",  # one process; its DistributedSampler fixes the data order per epoch
-    'devices="1"',
-    f"limit_train_batches={N}",
-    "optimizer.batch_size=8",
-    "method_kwargs.recluster_interval=4",
-    "max_epochs=2",
-    *DETERMINISTIC_VIEWS,
-]
+N = 3  # steps per epoch of TWO_EPOCHS
+COMMON = list(TWO_EPOCHS)
 
 # A callback (loaded through Lightning's callback entry points, in the training process) that
 # holds the run at the end of step $CUECO_HOLD_AT until a signal has arrived, so the test's
@@ -143,27 +132,22 @@ def small_train(shared_datasets: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(solo_root: Path, small_train: Path, tmp_path_factory) -> dict:
+def uninterrupted(two_epoch_run: dict) -> dict:
     """The final checkpoint of the two-epoch run, never interrupted."""
-    workdir = tmp_path_factory.mktemp("whole")
-    done = run_main_pretrain(solo_root, workdir, small_train, COMMON)
-    assert done.returncode == 0, tail(done)
-    (final,) = (workdir / "trained_models" / "cueco").glob("*/*.ckpt")
-    return load_checkpoint(final)
+    return load_checkpoint(two_epoch_run["checkpoints"][-1])
 
 
-@pytest.mark.parametrize(
-    "signum, step", [(signal.SIGTERM, 4), (signal.SIGINT, 2)], ids=["sigterm", "sigint"]
-)
-def test_signal_saves_the_current_step_exits_nonzero_and_resume_equals_uninterrupted_run(
-    solo_root: Path,
-    small_train: Path,
-    tmp_path: Path,
-    uninterrupted: dict,
-    signum: int,
-    step: int,
+def test_sigint_saves_the_current_step_and_exits_nonzero(
+    solo_root: Path, small_train: Path, tmp_path: Path
 ) -> None:
-    saved = _stop_at(solo_root, tmp_path, small_train, COMMON, step, signum)
+    # the same handler as SIGTERM's (resumed below): only the signal differs
+    _stop_at(solo_root, tmp_path, small_train, COMMON, 2, signal.SIGINT)
+
+
+def test_sigterm_saves_the_current_step_exits_nonzero_and_resume_equals_uninterrupted_run(
+    solo_root: Path, small_train: Path, tmp_path: Path, uninterrupted: dict
+) -> None:
+    saved = _stop_at(solo_root, tmp_path, small_train, COMMON, 4, signal.SIGTERM)
     resumed = run_main_pretrain(
         solo_root, tmp_path / "run", small_train, [*COMMON, f"resume_from_checkpoint='{saved}'"]
     )

@@ -16,8 +16,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT, requires_solo
 from solo_runs import (
-    DETERMINISTIC_VIEWS,
     TRAIN_METRICS,
+    TWO_EPOCHS,
     VAL_CLUSTER_METRICS,
     all_finite,
     assert_same_training_state,
@@ -114,7 +114,13 @@ def test_exported_backbone_loads_into_torchvision_resnet18_strict(
     out = tmp_path / "resnet18_cueco.pth"
     # the run folder is accepted too (its newest .ckpt is used)
     done = subprocess.run(
-        [sys.executable, "-m", "cueco_plugin.export", str(smoke_checkpoint.parent), str(out)],
+        [
+            sys.executable,
+            "-m",
+            "cueco_plugin.cli.export_backbone",
+            str(smoke_checkpoint.parent),
+            str(out),
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -211,43 +217,21 @@ def _probe_state(path: Path) -> dict[str, Any]:
 
 
 def test_main_pretrain_resumed_from_checkpoint_equals_uninterrupted_run(
-    solo_root: Path, small_cifar: Path, tmp_path: Path
+    solo_root: Path, small_cifar: Path, two_epoch_run: dict, tmp_path: Path
 ) -> None:
-    """2N steps in one run == its checkpoint after N steps resumed (resume_from_checkpoint) for N
-    more: same bank, queue, weights and per-step losses. Deterministic views, strategy=ddp on
-    one process (its DistributedSampler seeds the order per epoch) and constant lr/tau make the
-    two runs see the same batches; freeze_iters=2, recluster_interval=4 put a re-seed after the
-    resume point."""
+    """2N steps in one run (conftest.two_epoch_run) == its checkpoint after N steps resumed
+    (resume_from_checkpoint) for N more: same bank, queue, weights and per-step losses
+    (solo_runs.TWO_EPOCHS makes both runs see the same batches and puts a re-seed after the
+    resume point)."""
     n = 3
-    common = [
-        "data.val_path=null",
-        "scheduler.name=none",
-        "momentum.final_tau=0.99",
-        "strategy=ddp",
-        'devices="1"',
-        f"limit_train_batches={n}",
-        "optimizer.batch_size=8",
-        "method_kwargs.recluster_interval=4",
-        *DETERMINISTIC_VIEWS,
-    ]
-    train = small_cifar / "train"
-    whole = run_main_pretrain(
-        solo_root,
-        tmp_path / "whole",
-        train,
-        # keep_prev keeps the checkpoint solo-learn's Checkpointer wrote after epoch 0 (step n)
-        common + ["max_epochs=2", "checkpoint.keep_prev=True"],
-        tmp_path / "whole_probe",
-    )
-    assert whole.returncode == 0, tail(whole)
-    middle, last = checkpoints(tmp_path / "whole")
+    middle, last = two_epoch_run["checkpoints"]
     assert load_checkpoint(middle)["global_step"] == n
     resumed = run_main_pretrain(
         solo_root,
         tmp_path / "resumed",
-        train,
+        small_cifar / "train",
         # quoted: solo-learn's checkpoint names contain '='
-        common + ["max_epochs=2", f"resume_from_checkpoint='{middle}'"],
+        [*TWO_EPOCHS, f"resume_from_checkpoint='{middle}'"],
         tmp_path / "resumed_probe",
     )
     assert resumed.returncode == 0, tail(resumed)
@@ -258,7 +242,7 @@ def test_main_pretrain_resumed_from_checkpoint_equals_uninterrupted_run(
     assert a["state_dict"]["bank._extra_state"]["num_clusterings"] == 2
     assert_same_training_state(a, b)
 
-    steps_whole = _probe_state(tmp_path / "whole_probe" / "rank0.pt")["steps"]
+    steps_whole = two_epoch_run["probe"]["steps"]
     steps_resumed = _probe_state(tmp_path / "resumed_probe" / "rank0.pt")["steps"]
     assert len(steps_whole) == 2 * n and len(steps_resumed) == n
     assert steps_whole[n:] == steps_resumed

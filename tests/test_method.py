@@ -193,7 +193,7 @@ class BankRecorder(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         pending = pl_module.bank._pending  # the keys the bank will apply at this optimiser step
-        self.pending.append(0 if pending is None else int(pending[:, -2].sum()))
+        self.pending.append(0 if pending is None else int(pending[:, -1].sum()))
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._record(pl_module)
@@ -282,6 +282,32 @@ def test_fit_logs_losses_cluster_health_and_validation_metrics_following_the_sch
     assert scores["val_cluster_acc"] == pytest.approx(expected["acc"], abs=1e-6)
     assert scores["val_cluster_acc_m2o"] == pytest.approx(expected["acc_m2o"], abs=1e-6)
     assert scores["val_cluster_nmi"] == pytest.approx(expected["nmi"], abs=1e-6)
+
+
+def test_an_epoch_whose_keys_meet_too_few_clusters_warns_and_stop_on_collapse_stops_it(
+    tmp_path: Path, cifar_folder: Path, cueco_cls: Any
+) -> None:
+    # K 40 against 3 steps of 16 keys: seeded once 40 keys exist, the bank's update then meets
+    # at most 16 clusters in the epoch, under the floor of half of K
+    kwargs = {"num_clusters": 40, "freeze_iters": 0, "recluster_interval": 0}
+    seed_everything(4)
+    model = cueco_cls(make_cfg(cifar_folder, dead_cluster_steps=0, **kwargs))
+    train_loader, _ = make_loaders(model.cfg, with_val=False)
+    trainer = make_trainer(tmp_path, limit_train_batches=3, limit_val_batches=0)
+    with pytest.warns(UserWarning, match=r"cluster collapse in epoch 0: \d+ of 40 clusters"):
+        trainer.fit(model, train_loader)
+    rows = read_metrics(trainer)
+    live = [
+        float(r["train_epoch_live_clusters"]) for r in rows if r.get("train_epoch_live_clusters")
+    ]
+    assert len(live) == 1 and 1 <= live[0] < 20
+    assert model.bank.seeded
+
+    seed_everything(4)
+    model = cueco_cls(make_cfg(cifar_folder, stop_on_collapse=True, **kwargs))
+    trainer = make_trainer(tmp_path / "stop", limit_train_batches=3, limit_val_batches=0)
+    with pytest.raises(RuntimeError, match=r"cluster collapse in epoch 0: .*stop_on_collapse"):
+        trainer.fit(model, train_loader)
 
 
 def test_gradient_accumulation_moves_the_bank_once_per_optimiser_step(
@@ -616,14 +642,14 @@ def test_bank_does_not_move_on_an_optimiser_step_the_grad_scaler_skipped(
 
     # a huge initial loss scale makes the first steps overflow: the scaler skips them
     scaler = torch.amp.GradScaler(
-        "cpu", init_scale=2.0**40, backoff_factor=2.0**-8, growth_interval=1000
+        "cpu", init_scale=2.0**40, backoff_factor=2.0**-16, growth_interval=1000
     )
     plugin = MixedPrecisionPlugin("16-mixed", device="cpu", scaler=scaler)
     recorder = SkipRecorder()
     model, _ = fit_steps(
         cifar_folder,
         cueco_cls,
-        8,
+        4,
         [recorder],
         freeze_iters=0,
         recluster_interval=0,

@@ -48,6 +48,8 @@ class Profile:
     test_images: int
     overrides: tuple[str, ...]
     evaluation: dict[str, Any]
+    resolution: int = 32
+    loader: str = "torchvision"
 
 
 def load_profile(name: str, path: Path = PROFILES_FILE) -> Profile:
@@ -71,13 +73,16 @@ def load_profile(name: str, path: Path = PROFILES_FILE) -> Profile:
         test_images=int(p["test_images"]),
         overrides=tuple(p.get("overrides") or ()),
         evaluation=dict(p["evaluation"]),
+        resolution=int(p.get("resolution", 32)),
+        loader=str(p.get("loader", "torchvision")),
     )
 
 
 def compose(profile: Profile, overrides: list[str], train_images: int) -> DictConfig:
     """The solo-learn config of one run: the profile's YAML + its overrides + ``overrides``,
-    ``${epochs:N}`` resolved, reduced to solo-learn's MoCo V2+ for ``method=mocov2plus``, then
-    solo-learn's ``parse_cfg`` (defaults, crop counts, learning rate x batch/256).
+    ``${epochs:N}`` resolved, every crop at the profile's ``resolution``, reduced to solo-learn's
+    MoCo V2+ for ``method=mocov2plus``, then solo-learn's ``parse_cfg`` (defaults, crop counts,
+    learning rate x batch/256).
 
     Raises:
         ValueError: for a method other than ``cueco`` or ``mocov2plus``; Hydra's own errors for
@@ -92,6 +97,8 @@ def compose(profile: Profile, overrides: list[str], train_images: int) -> DictCo
     _STEPS_PER_EPOCH["value"] = train_images // int(cfg.optimizer.batch_size)
     OmegaConf.resolve(cfg)
     OmegaConf.set_struct(cfg, False)
+    for aug in cfg.augmentations:
+        aug.crop_size = profile.resolution
     if cfg.method == CONTROL:
         cfg.method_kwargs = {key: cfg.method_kwargs[key] for key in MOCOV2PLUS_KWARGS}
     elif cfg.method != "cueco":

@@ -34,8 +34,8 @@ no max-pool: build the model with
     model = torchvision.models.resnet18(num_classes=C)
     model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 2, bias=False)
     model.maxpool = torch.nn.Identity()
-or cueco_plugin.export.build_torchvision_resnet("resnet18", C, cifar_stem=True). Other runs load
-into the stock torchvision model with strict=True.
+or cueco_plugin.cli.export_backbone.build_torchvision_resnet("resnet18", C, cifar_stem=True).
+Other runs load into the stock torchvision model with strict=True.
 A .ckpt is never written, the input never overwritten, an existing file only with --force.
 """
 
@@ -184,7 +184,10 @@ def export_backbone(
 
 
 def _usage(info: ExportInfo) -> str:
-    build = f"cueco_plugin.export.build_torchvision_resnet({info.arch!r}, {info.num_classes}, "
+    build = (
+        "cueco_plugin.cli.export_backbone.build_torchvision_resnet("
+        f"{info.arch!r}, {info.num_classes}, "
+    )
     return (
         f"wrote {info.output} and {info.output}.json ({info.arch}, {info.encoder} encoder, fc: "
         f"{info.num_classes or 'none'}, {'CIFAR' if info.cifar_stem else 'torchvision'} stem); "
