@@ -243,7 +243,8 @@ def write_results(out: Path, meta: dict[str, Any], records: list[dict[str, Any]]
     """results.csv, results.md, knn_per_epoch.png, bank_health.png and metadata.json from the
     runs so far."""
     order = [UNTRAINED, *meta["arms"]]
-    records = sorted(records, key=lambda r: (int(r["seed"]), order.index(r["arm"])))
+    rank = {arm: i for i, arm in enumerate(order)}
+    records = sorted(records, key=lambda r: (int(r["seed"]), rank.get(r["arm"], len(order))))
     rows = with_deltas(records)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as f:
@@ -557,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         base["fingerprint"] = fingerprint(cfg, tag)
         if base["fingerprint"] in previous:
             print(f"[study] {arm} seed {s}: finished before with the same config, reused")
-            records.append(previous[base["fingerprint"]])
+            records.append({**previous[base["fingerprint"]], "arm": arm})  # renamed arms too
             return
         left = None if deadline is None else deadline - time.monotonic()
         if trained and not (pair_fits and fits(left, durations)):

@@ -38,8 +38,11 @@ RECLUSTER_INITS: tuple[str, ...] = ("warm", "kmeans++")
 #: a healthy bank, over an epoch of its momentum updates: at least this share of the K clusters
 #: had a member ...
 LIVE_FLOOR = 0.5
-#: ... and the normalised entropy of the clusters' member shares is at least this (1 = even)
+#: ... and the normalised entropy of the clusters' member shares is at least this (1 = even),
 ENTROPY_FLOOR = 0.8
+#: judged only over an epoch that counted at least this many keys per cluster (the tail of a
+#: resumed epoch or the epoch of the first seeding can be too few to say)
+MIN_KEYS_PER_CLUSTER = 4
 
 
 def _dist_ready() -> bool:
@@ -87,9 +90,10 @@ def cluster_statistics(
         return torch.cat(
             [rows.new_zeros(k, rows.shape[1]).index_add_(0, assignments, rows), counts], 1
         )
-    w = weights.float() * finite  # (N, K)
-    sq = (x.pow(2).sum(1, keepdim=True) - 2.0 * (x @ c.T) + c.pow(2).sum(1)).clamp_min_(0.0)
-    return torch.cat([w.T @ x, w.sum(0).unsqueeze(1), (w * sq).sum(0).unsqueeze(1), counts], 1)
+    w = torch.where(finite, weights.float(), 0.0)  # (N, K); NaN * 0 would stay NaN
+    with torch.autocast(device_type=x.device.type, enabled=False):  # float32 under AMP
+        sq = (x.pow(2).sum(1, keepdim=True) - 2.0 * (x @ c.T) + c.pow(2).sum(1)).clamp_min_(0.0)
+        return torch.cat([w.T @ x, w.sum(0).unsqueeze(1), (w * sq).sum(0).unsqueeze(1), counts], 1)
 
 
 def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -379,14 +383,16 @@ class CentroidBank(nn.Module):
         counts = self.epoch_counts
         share = counts / counts.sum().clamp_min(1.0)
         entropy = -(share * share.clamp_min(1e-12).log()).sum() / math.log(self.num_clusters)
-        return {"epoch_live_clusters": (counts > 0).sum(), "epoch_usage_entropy": entropy}
+        return {"epoch_live_clusters": (counts > 0).sum().float(), "epoch_usage_entropy": entropy}
 
     def reset_epoch(self) -> None:
         self.epoch_counts.zero_()
 
     def collapse_message(self, health: dict[str, torch.Tensor]) -> str | None:
         """What is below the floors in :meth:`epoch_health`'s values (read on the host), or
-        None for a healthy bank."""
+        None for a healthy bank or an epoch with fewer than ``MIN_KEYS_PER_CLUSTER`` K keys."""
+        if float(self.epoch_counts.sum()) < MIN_KEYS_PER_CLUSTER * self.num_clusters:
+            return None
         live, entropy = int(health["epoch_live_clusters"]), float(health["epoch_usage_entropy"])
         floor = math.ceil(LIVE_FLOOR * self.num_clusters)
         if live >= floor and entropy >= ENTROPY_FLOOR:

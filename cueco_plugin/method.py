@@ -296,6 +296,8 @@ class CueCo(BaseMomentumMethod):
         recent = self.queue.recent(self.mk.sinkhorn_queue_keys // 2)
         with torch.autocast(device_type=keys.device.type, enabled=False):  # float32 scores
             scores = torch.cat([keys, recent.float()]) @ self.bank.centroids.float().T
+        # a non-finite key (left out of the bank's statistics) must not make every code NaN
+        scores = torch.nan_to_num(scores, nan=0.0, posinf=0.0, neginf=0.0)
         soft = sinkhorn(scores, self.mk.sinkhorn_epsilon, self.mk.sinkhorn_iters)
         return soft[: keys.shape[0]].view(*gathered.shape[:2], soft.shape[1])
 

@@ -796,8 +796,24 @@ def test_epoch_health_counts_the_epochs_members_and_names_what_is_below_the_floo
     )
     bank.reset_epoch()
     train_step(bank, torch.tensor([[1.0, 0.05]] * 8))
+    assert bank.collapse_message(bank.epoch_health()) is None  # 8 keys < 4 K: not judged yet
+    train_step(bank, torch.tensor([[1.0, 0.05]] * 8))
     health = bank.epoch_health()
     assert int(health["epoch_live_clusters"]) == 1 and "1 of 4 clusters" in bank.collapse_message(
         health
     )
     assert LIVE_FLOOR == 0.5
+
+
+def test_a_non_finite_row_and_its_nan_shares_add_nothing_to_the_weighted_statistics() -> None:
+    c = torch.tensor(C3)
+    x = torch.tensor([[0.6, 0.8], [0.8, 0.6]])
+    w = torch.tensor([[0.5, 0.5, 0.0], [0.25, 0.25, 0.5]])
+    bad_x = torch.cat([x, torch.tensor([[float("nan"), 0.0]])])
+    bad_w = torch.cat([w, torch.full((1, 3), float("nan"))])
+    a = torch.tensor([1, 0, 0])
+    stats = cluster_statistics(bad_x, a, c, bad_w)
+    assert torch.isfinite(stats).all()
+    torch.testing.assert_close(stats, cluster_statistics(x, a[:2], c, w))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 under AMP too
+        assert cluster_statistics(x, a[:2], c, w).dtype == torch.float32

@@ -19,6 +19,7 @@ from torch.utils.data import Subset
 from torchvision import transforms
 
 from cueco_plugin import register
+from cueco_plugin.bank import ENTROPY_FLOOR
 from cueco_plugin.metrics import cluster_scores, contingency_table
 
 try:
@@ -284,30 +285,62 @@ def test_fit_logs_losses_cluster_health_and_validation_metrics_following_the_sch
     assert scores["val_cluster_nmi"] == pytest.approx(expected["nmi"], abs=1e-6)
 
 
-def test_an_epoch_whose_keys_meet_too_few_clusters_warns_and_stop_on_collapse_stops_it(
+class OneImage(Callback):
+    """From the second batch on, every image of both views is the batch's first image: the keys
+    all fall into one cluster (a collapse of the features, as the bank sees it)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx >= 1:
+            for view in batch[1]:
+                view.copy_(view[:1].expand_as(view))
+
+
+def test_an_epoch_whose_keys_meet_one_cluster_warns_and_stop_on_collapse_stops_it(
     tmp_path: Path, cifar_folder: Path, cueco_cls: Any
 ) -> None:
-    # K 40 against 3 steps of 16 keys: seeded once 40 keys exist, the bank's update then meets
-    # at most 16 clusters in the epoch, under the floor of half of K
+    # K 10, 6 steps of 16 keys (96 >= 4 K, enough to judge): seeded on real images at step 0,
+    # then every key is one image's and the epoch's usage entropy falls far below the floor
+    kwargs = {"freeze_iters": 0, "recluster_interval": 0, "dead_cluster_steps": 0}
+    kwargs["collapse_threshold"] = 0  # the features' spread guard would stop it first
+    seed_everything(4)
+    model = cueco_cls(make_cfg(cifar_folder, **kwargs))
+    train_loader, _ = make_loaders(model.cfg, with_val=False)
+    trainer = make_trainer(tmp_path, [OneImage()], limit_train_batches=6, limit_val_batches=0)
+    with pytest.warns(UserWarning, match=r"cluster collapse in epoch 0: .* usage entropy is 0"):
+        trainer.fit(model, train_loader)
+    rows = read_metrics(trainer)
+    entropy = [
+        float(r["train_epoch_usage_entropy"]) for r in rows if r.get("train_epoch_usage_entropy")
+    ]
+    assert len(entropy) == 1 and entropy[0] < ENTROPY_FLOOR
+
+    seed_everything(4)
+    model = cueco_cls(make_cfg(cifar_folder, stop_on_collapse=True, **kwargs))
+    trainer = make_trainer(
+        tmp_path / "stop", [OneImage()], limit_train_batches=6, limit_val_batches=0
+    )
+    with pytest.raises(RuntimeError, match=r"cluster collapse in epoch 0: .*stop_on_collapse"):
+        trainer.fit(model, train_loader)
+
+
+def test_an_epoch_with_too_few_keys_to_judge_is_logged_but_not_judged(
+    tmp_path: Path, cifar_folder: Path, cueco_cls: Any
+) -> None:
+    # K 40 and 3 steps of 16 keys: at most 48 keys counted, under 4 K; stop_on_collapse on
     kwargs = {"num_clusters": 40, "freeze_iters": 0, "recluster_interval": 0}
     seed_everything(4)
-    model = cueco_cls(make_cfg(cifar_folder, dead_cluster_steps=0, **kwargs))
+    model = cueco_cls(make_cfg(cifar_folder, stop_on_collapse=True, **kwargs))
     train_loader, _ = make_loaders(model.cfg, with_val=False)
     trainer = make_trainer(tmp_path, limit_train_batches=3, limit_val_batches=0)
-    with pytest.warns(UserWarning, match=r"cluster collapse in epoch 0: \d+ of 40 clusters"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         trainer.fit(model, train_loader)
+    assert not [w for w in caught if "cluster collapse" in str(w.message)]  # nor a warning
     rows = read_metrics(trainer)
     live = [
         float(r["train_epoch_live_clusters"]) for r in rows if r.get("train_epoch_live_clusters")
     ]
-    assert len(live) == 1 and 1 <= live[0] < 20
-    assert model.bank.seeded
-
-    seed_everything(4)
-    model = cueco_cls(make_cfg(cifar_folder, stop_on_collapse=True, **kwargs))
-    trainer = make_trainer(tmp_path / "stop", limit_train_batches=3, limit_val_batches=0)
-    with pytest.raises(RuntimeError, match=r"cluster collapse in epoch 0: .*stop_on_collapse"):
-        trainer.fit(model, train_loader)
+    assert model.bank.seeded and len(live) == 1 and 1 <= live[0] < 20
 
 
 def test_gradient_accumulation_moves_the_bank_once_per_optimiser_step(
