@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from sslbench.configs import cli, compose, load_profile  # noqa: E402
+from sslbench.configs import cli, compose, load_profile, prepare  # noqa: E402
 from sslbench.report import describe, machine_record, save_result  # noqa: E402
 
 
@@ -172,13 +172,7 @@ def plot(path: Path, r: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from cueco_plugin.registration import register
-
-    register()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    prepare(args.threads)
     replay(args)
     return 0
 

@@ -22,7 +22,14 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from sslbench.configs import CONTROL, cli, compose, load_profile, trainer_kwargs  # noqa: E402
+from sslbench.configs import (  # noqa: E402
+    CONTROL,
+    cli,
+    compose,
+    load_profile,
+    prepare,
+    trainer_kwargs,
+)
 from sslbench.report import describe, machine_record, save_result  # noqa: E402
 
 STEADY = ("method_kwargs.warmup_iters=0", "method_kwargs.freeze_iters=0")
@@ -71,11 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.utils import benchmark
     from torch.utils.data import DataLoader
 
-    from cueco_plugin.registration import register
-
-    register()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    prepare(args.threads)
     profile = load_profile(args.profile)
     shared = [f"optimizer.batch_size={args.batch_size}", *args.set, "++seed=5"]
     cfgs = {

@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from sslbench.configs import CONTROL, REPO, cli, load_profile, trainer_kwargs  # noqa: E402
+from sslbench.configs import CONTROL, REPO, cli, load_profile, prepare, trainer_kwargs  # noqa: E402
 
 UNTRAINED = "untrained"
 CSV_COLUMNS = (
@@ -482,13 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     from sslbench.configs import compose, validate
     from sslbench.report import load_average, machine_record
 
-    from cueco_plugin.registration import register
-
-    register()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    prepare(args.threads)
 
     def config(arm: str, s: int) -> Any:
         overrides = spec["arms"][CONTROL if arm == UNTRAINED else arm]

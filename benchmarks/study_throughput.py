@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from sslbench.configs import cli, compose, load_profile, trainer_kwargs  # noqa: E402
+from sslbench.configs import cli, compose, load_profile, prepare, trainer_kwargs  # noqa: E402
 from sslbench.report import describe, machine_record, save_result  # noqa: E402
 
 BAR = 0.85
@@ -98,11 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from solo.utils.misc import make_contiguous
     from sslbench.data import CifarData
 
-    from cueco_plugin.registration import register
-
-    register()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    prepare(args.threads)
     profile = load_profile(args.profile)
     batch_overrides = ["method=mocov2plus", *args.set, "++seed=5"]
     cfg = compose(profile, batch_overrides, profile.train_images)

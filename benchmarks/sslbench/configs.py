@@ -160,3 +160,15 @@ def cli(doc: str, data: bool = True) -> argparse.ArgumentParser:
     if data:
         p.add_argument("--data-dir", nargs="+", default=[str(CIFAR10)], help=".npz folders")
     return p
+
+
+def prepare(threads: int) -> None:
+    """What every script of :func:`cli` does before composing configs: registers CueCo with
+    solo-learn and applies ``--threads`` (0: torch's default)."""
+    import torch
+
+    from cueco_plugin.registration import register
+
+    register()
+    if threads:
+        torch.set_num_threads(threads)
