@@ -4,15 +4,10 @@ with ``torch.utils.benchmark`` (CUDA synchronised; docs/benchmarks.md):
 
 - infonce: solo-learn's ``mocov2plus_loss_func`` on both views against a clone of the (2, D,
   queue) queue, forward + backward, as ``MoCoV2Plus.training_step`` computes it;
-- infonce_fused: the same with CueCo's fused ``infonce_loss`` (what L1 runs with a negative
-  mask; it needs no clone of the queue), nothing masked: ``cueco - infonce_fused`` is the
-  cluster part with the mask's own cost and without the fused loss's saving over solo-learn's;
 - cueco: CueCo's loss step as its ``training_step`` computes it after the backbones (assignment
-  of the 2B keys, L2 targets, L1 with the negative mask if on, L2, L3, one batched call each),
+  of the 2B keys, L2 targets, L1, L2, L3, one batched call each),
   backward, the bank's ``accumulate`` and ``step``; the cluster part is ``cueco - infonce``;
-- clustering: one (re-)clustering from 2 x queue keys, amortised over ``recluster_interval``;
-- hcsc_draw (``negative_mask: hcsc`` only): one view's (queue, B) 15-bit random draw into a
-  reused buffer, the part of HCSC's mask no rewriting of the passes removes.
+- clustering: one (re-)clustering from 2 x queue keys, amortised over ``recluster_interval``.
 
 CueCo comes from ``configs/pretrain/cifar/cueco.yaml`` (Hydra, ``--set`` adds overrides). On CUDA
 one step runs under ``torch.cuda.set_sync_debug_mode("error")``. On a loaded CPU, OpenMP wake-ups
@@ -94,9 +89,6 @@ def cueco_step(model: Any, q: torch.Tensor, k: torch.Tensor) -> None:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     from solo.losses.mocov2plus import mocov2plus_loss_func
 
-    from cueco_plugin.losses import infonce_loss
-    from cueco_plugin.sampling import uniform_bits
-
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but torch.cuda.is_available() is False")
@@ -108,14 +100,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     k = F.normalize(torch.randn(2 * b, d, generator=gen), dim=1).to(device)
     queue = F.normalize(torch.randn(2, d, args.queue, generator=gen), dim=1).to(device)
 
-    def infonce(loss_func: Any = mocov2plus_loss_func, clone: bool = True) -> None:
+    def infonce() -> None:
         q.grad = None
         (q1, q2), (k1, k2) = q.chunk(2), k.chunk(2)
         # solo-learn's loss saves the queue for its backward, after the enqueue: MoCoV2Plus
-        # (and CueCo's unmasked L1) clone it; the fused loss does not need to
-        keys = queue.clone().detach() if clone else queue
-        loss = loss_func(q1, k2, keys[1], 0.2) + loss_func(q2, k1, keys[0], 0.2)
-        (loss / 2).backward()
+        # (and CueCo's L1) clone it
+        keys = queue.clone().detach()
+        loss = mocov2plus_loss_func(q1, k2, keys[1], 0.2)
+        (loss + mocov2plus_loss_func(q2, k1, keys[0], 0.2)).div(2).backward()
 
     rows = []
     for num_clusters in args.clusters:
@@ -124,7 +116,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         if not model.bank.cluster(feats):
             raise RuntimeError(f"K={num_clusters}: the bank did not cluster {args.queue} keys")
         model.queue.keys.copy_(queue)
-        model.queue.labels.copy_(model.bank.assign(feats).view(2, -1))
+        model.queue.real.fill_(True)  # a full queue: the Sinkhorn shares use its newest keys
+        model.queue.num_filled = args.queue
 
         cueco = partial(cueco_step, model, q, k)
         sync = "not checked (CPU)"
@@ -140,15 +133,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 torch.cuda.set_sync_debug_mode("default")
         calls = {
             "infonce": infonce,
-            "infonce_fused": partial(infonce, infonce_loss, clone=False),
             "cueco": cueco,
             "clustering": partial(model.bank.cluster, feats),
         }
-        if model.mk.negative_mask == "hcsc":  # the floor of HCSC's mask: one view's draw
-            words = torch.empty((args.queue * b + 3) // 4, dtype=torch.int64, device=device)
-            draw_gen = torch.Generator(device=device).manual_seed(0)
-            calls["hcsc_draw"] = partial(uniform_bits, args.queue, b, device, draw_gen, words)
-        once = ("clustering", "hcsc_draw")  # seconds per call, or not compared: one round
+        once = ("clustering",)  # seconds per call: one round
         # the two steps in interleaved rounds (drift on a shared machine hits both alike)
         times: dict[str, list[float]] = {name: [] for name in calls}
         for _ in range(args.rounds):
@@ -167,17 +155,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         cluster_ms = ms["cueco"]["median_ms"] - ms["infonce"]["median_ms"]
         amortised = ms["clustering"]["median_ms"] / interval if interval else None
         ratio = cluster_ms / ms["infonce"]["median_ms"]
-        vs_fused = (ms["cueco"]["median_ms"] - ms["infonce_fused"]["median_ms"]) / ms["infonce"][
-            "median_ms"
-        ]
         rows.append({"K": num_clusters, **ms, "cluster_part_ms": cluster_ms, "host_sync": sync})
         rows[-1].update(cluster_part_ratio=ratio, clustering_amortised_ms=amortised)
-        rows[-1].update(cueco_minus_fused_ratio=vs_fused)
-        print(
-            f"K={num_clusters}: {ms} cluster part {100 * ratio:.2f} % "
-            f"(cueco - infonce_fused: {100 * vs_fused:.2f} %) [{sync}]",
-            flush=True,
-        )
+        print(f"K={num_clusters}: {ms} cluster part {100 * ratio:.2f} % [{sync}]", flush=True)
     return {
         "benchmark": "bank_overhead",
         "machine": machine_record(),
@@ -195,35 +175,24 @@ def markdown(result: dict[str, Any]) -> str:
         f"- Settings: B = {s['batch']} per view, D = {s['dim']}, queue {s['queue']}, overrides "
         f"`{' '.join(s['set']) or '(none)'}`; torch.utils.benchmark blocked_autorange, "
         f"{s['rounds']} interleaved rounds of {s['min_run_time']} s per step kind",
-        "- infonce: solo-learn's mocov2plus_loss_func on both views, forward + backward; fused: "
-        "the same with CueCo's fused infonce_loss (its L1 under a negative mask), nothing "
-        "masked; cueco: CueCo's loss part of the step (assignment, targets, L1, L2, L3 in "
-        "batched calls, backward, bank accumulate + step); cluster part = cueco - infonce",
+        "- infonce: solo-learn's mocov2plus_loss_func on both views, forward + backward; "
+        "cueco: CueCo's loss part of the step (assignment, targets, L1, L2, L3 in batched "
+        "calls, backward, bank accumulate + step); cluster part = cueco - infonce",
         "",
-        "| K | InfoNCE step, ms (median, IQR) | fused InfoNCE, ms (median, IQR) | CueCo loss step, "
-        "ms (median, IQR) | cluster part, ms | cluster part / InfoNCE | (cueco - fused) / "
-        "InfoNCE | clustering, ms (amortised per step) | host sync |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| K | InfoNCE step, ms (median, IQR) | CueCo loss step, ms (median, IQR) | cluster "
+        "part, ms | cluster part / InfoNCE | clustering, ms (amortised per step) | host sync |",
+        "|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in result["results"]:
-        i, f, c, cl = r["infonce"], r["infonce_fused"], r["cueco"], r["clustering"]
+        i, c, cl = r["infonce"], r["cueco"], r["clustering"]
         amortised = r["clustering_amortised_ms"]
         lines.append(
-            f"| {r['K']} | {i['median_ms']:.3f} ({i['iqr_ms']:.3f}) | {f['median_ms']:.3f} "
-            f"({f['iqr_ms']:.3f}) | {c['median_ms']:.3f} "
+            f"| {r['K']} | {i['median_ms']:.3f} ({i['iqr_ms']:.3f}) | {c['median_ms']:.3f} "
             f"({c['iqr_ms']:.3f}) | {r['cluster_part_ms']:.3f} | "
-            f"{100 * r['cluster_part_ratio']:.2f} % | "
-            f"{100 * r['cueco_minus_fused_ratio']:.2f} % | {cl['median_ms']:.1f} "
+            f"{100 * r['cluster_part_ratio']:.2f} % | {cl['median_ms']:.1f} "
             f"({'never' if amortised is None else f'{amortised:.3f}'}) | "
             f"{r['host_sync']} |"
         )
-    draws = [(r["K"], r["hcsc_draw"]["median_ms"]) for r in result["results"] if "hcsc_draw" in r]
-    if draws:
-        lines.append("")
-        lines += [
-            f"- K = {k}: one view's HCSC draw ({s['queue']} x {s['batch']}), {ms:.2f} ms"
-            for k, ms in draws
-        ]
     return "\n".join(lines) + "\n"
 
 

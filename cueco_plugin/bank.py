@@ -140,14 +140,11 @@ class CentroidBank(nn.Module):
     """Centroids, running variances, usage and the clustering schedule of CueCo.
 
     Arguments are ``method_kwargs`` of the same names (validated by ``cueco_plugin.config``);
-    ``mean_temperature`` is L2's ``centroid_temperature``, the mean the per-cluster
-    concentrations are rescaled to; ``seed`` keys the k-means++ and revival noise (the same on
-    every rank).
+    ``seed`` keys the k-means++ and revival noise (the same on every rank).
     """
 
     centroids: torch.Tensor
     variances: torch.Tensor
-    concentration: torch.Tensor
     usage: torch.Tensor
     last_active: torch.Tensor
     epoch_counts: torch.Tensor
@@ -166,7 +163,6 @@ class CentroidBank(nn.Module):
         recluster_init: str,
         dead_cluster_steps: int,
         lloyd_iters: int,
-        mean_temperature: float,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -182,14 +178,11 @@ class CentroidBank(nn.Module):
         self.recluster_init = recluster_init
         self.dead_cluster_steps = dead_cluster_steps
         self.lloyd_iters = lloyd_iters
-        self.mean_temperature = mean_temperature
         self.seed_value = seed
 
         k = num_clusters
         self.register_buffer("centroids", torch.zeros(k, dim))
         self.register_buffer("variances", torch.ones(k))
-        # PCL's per-cluster concentration phi, rescaled to mean ``mean_temperature``
-        self.register_buffer("concentration", torch.full((k,), float(mean_temperature)))
         # EMA (beta1) of the share of each global batch assigned to each cluster
         self.register_buffer("usage", torch.full((k,), 1.0 / k))
         # the step at which each cluster last had a member (or was revived)
@@ -279,7 +272,7 @@ class CentroidBank(nn.Module):
         self._pending = stats if self._pending is None else self._pending + stats
 
     @torch.no_grad()
-    def step(self, skipped: torch.Tensor | None = None) -> torch.Tensor | None:
+    def step(self, skipped: torch.Tensor | None = None) -> None:
         """One optimiser step: advances the schedule and, once seeded, applies the pending
         statistics (all-reduced across ranks) as a momentum update, then revives dead clusters.
 
@@ -287,15 +280,11 @@ class CentroidBank(nn.Module):
             skipped: () bool on the device, True when the optimiser skipped this step (e.g.
                 fp16's GradScaler found inf gradients): the bank then does not move. Applied
                 with ``torch.where``, so it costs no host sync.
-
-        Returns:
-            On the steps that look for dead clusters, (K,) bool: the clusters revived (replaced)
-            in this step; else ``None``. Read on the device, no sync.
         """
         self.num_updates += 1
         stats, self._pending = self._pending, None
         if not self.seeded:
-            return None
+            return
         if stats is None:
             stats = self.centroids.new_zeros(self.num_clusters, self.dim + 3)
         if _dist_ready():
@@ -321,8 +310,7 @@ class CentroidBank(nn.Module):
         has = counts > 0
         self.last_active.masked_fill_(has, self.num_updates)
         if self.dead_cluster_steps > 0 and self.num_updates % self.revive_check_interval == 0:
-            return self._revive_dead_clusters(counts)
-        return None
+            self._revive_dead_clusters(counts)
 
     @property
     def revive_check_interval(self) -> int:
@@ -330,7 +318,7 @@ class CentroidBank(nn.Module):
         most 10 % late, and most steps skip the revival's kernels."""
         return max(1, self.dead_cluster_steps // 10)
 
-    def _revive_dead_clusters(self, counts: torch.Tensor) -> torch.Tensor:
+    def _revive_dead_clusters(self, counts: torch.Tensor) -> None:
         """Replaces each dead centroid by a copy of a populous one perturbed by about one donor
         standard deviation (FAISS-style), vectorised. Donors are the clusters with the most
         members this step, in order; the noise comes from a generator keyed by (seed, step), so
@@ -350,11 +338,7 @@ class CentroidBank(nn.Module):
         )
         self.centroids.copy_(torch.where(dead.unsqueeze(1), revived, self.centroids))
         self.variances.copy_(torch.where(dead, donor_var, self.variances))
-        self.concentration.copy_(
-            torch.where(dead, self.concentration.index_select(0, donor), self.concentration)
-        )
         self.last_active.masked_fill_(dead, self.num_updates)
-        return dead
 
     def health(self, assignments: torch.Tensor) -> dict[str, torch.Tensor]:
         """Cluster-health values for logging (tensors, no sync).
@@ -411,10 +395,8 @@ class CentroidBank(nn.Module):
         The first clustering and ``recluster_init: kmeans++`` start from k-means++; later ones
         (``warm``) from the current centroids, so cluster j stays cluster j. Then
         ``lloyd_iters`` Lloyd steps; each variance becomes its cluster's mean squared distance
-        (the overall one for clusters with fewer than two members), the concentrations PCL's
-        ``phi_j = mean ||x - c_j|| / log(n_j + 10)``, clipped to their 10th-90th percentiles and
-        rescaled to mean ``mean_temperature``. Under ``torch.distributed`` rank 0's result is
-        broadcast (every rank passes the same gathered features anyway).
+        (the overall one for clusters with fewer than two members). Under ``torch.distributed``
+        rank 0's result is broadcast (every rank passes the same gathered features anyway).
 
         Returns:
             False, leaving the bank unchanged, when fewer than K finite features are given
@@ -440,13 +422,11 @@ class CentroidBank(nn.Module):
             overall = sq_sums.sum() / counts.sum()
             variances = torch.where(counts >= 2, sq_sums / counts.clamp_min(1.0), overall)
             variances = variances.clamp_min(max(self.min_variance, 1e-8))
-            concentration = self._concentration(x, assignments, centroids, counts)
-            packed = torch.cat([centroids, variances[:, None], concentration[:, None]], dim=1)
+            packed = torch.cat([centroids, variances[:, None]], dim=1)
             if _dist_ready():
                 dist.broadcast(packed, src=0)
         self.centroids.copy_(packed[:, : self.dim])
         self.variances.copy_(packed[:, self.dim])
-        self.concentration.copy_(packed[:, self.dim + 1])
         if not warm:
             self.usage.fill_(1.0 / self.num_clusters)
             self.last_active.fill_(self.num_updates)
@@ -456,22 +436,6 @@ class CentroidBank(nn.Module):
         self.last_cluster_update = self.num_updates
         self.num_clusterings += 1
         return True
-
-    def _concentration(
-        self,
-        x: torch.Tensor,
-        assignments: torch.Tensor,
-        centroids: torch.Tensor,
-        counts: torch.Tensor,
-    ) -> torch.Tensor:
-        """PCL's phi per cluster (K,), rescaled to mean ``mean_temperature``."""
-        dist_to_own = (x - centroids.index_select(0, assignments)).norm(dim=1)
-        dist_sums = counts.new_zeros(self.num_clusters).index_add_(0, assignments, dist_to_own)
-        phi = dist_sums / counts.clamp_min(1.0) / torch.log(counts + 10.0)
-        phi = torch.where(counts > 1, phi, phi.max())  # PCL: lone clusters get the largest phi
-        low, high = torch.quantile(phi, torch.tensor([0.1, 0.9], device=phi.device))
-        phi = phi.clamp(low, high).clamp_min(1e-6)
-        return self.mean_temperature * phi / phi.mean()
 
     def extra_repr(self) -> str:
         return (

@@ -46,10 +46,6 @@ CUECO_OPTIONS: dict[str, tuple[Any, str]] = {
     "sinkhorn_epsilon": (0.05, "number>0"),
     "sinkhorn_iters": (3, "int>=1"),
     "sinkhorn_queue_keys": (4096, "int>=0"),
-    # variants
-    "targets": ("hard", ("hard", "sinkhorn")),
-    "temperature_mode": ("fixed", ("fixed", "concentration")),
-    "negative_mask": ("none", ("none", "hard", "hcsc")),
     # ablation of what the bank adds: CLD's cross-view loss against a per-batch k-means, on its
     # own normalised head (0: off, no head)
     "lambda_cld": (0.0, "number>=0"),
@@ -150,11 +146,6 @@ def add_and_validate_method_kwargs(cfg: DictConfig) -> DictConfig:
             f"method_kwargs.freeze_iters must be smaller than method_kwargs.recluster_interval "
             f"unless recluster_interval is 0, got freeze_iters={mk.freeze_iters!r} and "
             f"recluster_interval={mk.recluster_interval!r} (the cluster losses would never be on)"
-        )
-    if mk.targets == "sinkhorn" and mk.assignment_source != "key":
-        raise ValueError(
-            "method_kwargs.targets='sinkhorn' balances the keys' assignments and needs "
-            f"assignment_source='key', got assignment_source={mk.assignment_source!r}"
         )
 
     large = OmegaConf.select(cfg, "data.num_large_crops", default=2)

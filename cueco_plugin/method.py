@@ -5,19 +5,17 @@ One training step, for the two large crops v1, v2 of a batch of B images per ran
 1. queries ``q_i = normalise(projector(backbone(v_i)))`` and momentum keys
    ``k_i = normalise(momentum_projector(momentum_backbone(v_i)))`` (solo-learn's base classes);
 2. L1: solo-learn's ``mocov2plus_loss_func``, symmetric, ``(l(q1, k2, queue[1]) + l(q2, k1,
-   queue[0])) / 2``; with ``negative_mask`` the queue keys of the query's cluster are left out;
+   queue[0])) / 2``;
 3. the keys of every rank are gathered; when the bank's schedule asks for it (end of the warm-up,
    every ``recluster_interval`` steps) it is clustered from them and the queue's real keys;
-4. targets: with ``assignment_source: key`` q1 is pulled to the cluster of k2 and q2 to that of
-   k1 (L1's positive pairs), with ``query`` each query to its own nearest centroid; hard nearest
-   centroids, or the same balanced shares the bank moves by (``targets: sinkhorn``);
-5. L2 (centroid contrast, temperature fixed or PCL's per-cluster concentration) and L3
-   (variance-scaled distance), both views averaged, weighted by the bank's schedule (0 in the
-   warm-up and freeze windows, then a linear ramp);
+4. targets: with ``assignment_source: key`` q1 is pulled to the nearest centroid of k2 and q2 to
+   that of k1 (L1's positive pairs), with ``query`` each query to its own nearest centroid;
+5. L2 (centroid contrast) and L3 (variance-scaled distance), both views averaged, weighted by
+   the bank's schedule (0 in the warm-up and freeze windows, then a linear ramp);
 6. the local keys are accumulated into the bank with their balanced shares (Sinkhorn over the
    gathered keys and the queue's newest keys, SwAV's equipartition: every centroid is moved by
    an equal share of the keys, so the update cannot feed the populous clusters) and the
-   gathered keys enqueued with their clusters. After each optimiser step
+   gathered keys enqueued. After each optimiser step
    (``on_train_batch_end``, where solo-learn updates the momentum encoder, so gradient
    accumulation is respected) the bank takes one momentum step, all-reducing the accumulated
    statistics, unless the optimiser skipped the step.
@@ -49,33 +47,28 @@ from cueco_plugin.config import add_and_validate_method_kwargs
 from cueco_plugin.losses import (
     centroid_contrast_loss,
     cross_view_cluster_loss,
-    infonce_loss,
-    negative_mask,
     sinkhorn,
     variance_scaled_distance_loss,
 )
 from cueco_plugin.metrics import cluster_scores, contingency_table
-from cueco_plugin.sampling import NegativeSampler
 
 
 class KeyQueue(nn.Module):
-    """MoCo's FIFO queue of keys per view, with each key's cluster (-1: none yet).
+    """MoCo's FIFO queue of keys per view.
 
-    Buffers ``keys`` (V, D, Q), the layout ``mocov2plus_loss_func`` takes, ``labels`` (V, Q) and
-    ``real`` (V, Q), which slots hold a real key; the write pointer and fill count are host ints
-    saved through the extra state, so enqueueing reads nothing on the host. Starts with random
-    unit vectors, as MoCo does.
+    Buffers ``keys`` (V, D, Q), the layout ``mocov2plus_loss_func`` takes, and ``real`` (V, Q),
+    which slots hold a real key; the write pointer and fill count are host ints saved through the
+    extra state, so enqueueing reads nothing on the host. Starts with random unit vectors, as
+    MoCo does.
     """
 
     keys: torch.Tensor
-    labels: torch.Tensor
     real: torch.Tensor
 
     def __init__(self, num_views: int, dim: int, size: int) -> None:
         super().__init__()
         self.size = size
         self.register_buffer("keys", F.normalize(torch.randn(num_views, dim, size), dim=1))
-        self.register_buffer("labels", torch.full((num_views, size), -1, dtype=torch.long))
         self.register_buffer("real", torch.zeros(num_views, size, dtype=torch.bool))
         self.ptr = 0
         self.num_filled = 0
@@ -87,18 +80,16 @@ class KeyQueue(nn.Module):
         self.ptr, self.num_filled = int(state["ptr"]), int(state["num_filled"])
 
     @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor, labels: torch.Tensor) -> None:
-        """Writes keys (V, N, D) and their clusters (V, N) over the oldest ones, wrapping around
-        (only the newest Q if N > Q). A key with a NaN or inf keeps the slot's old key."""
-        keys, labels = keys[:, -self.size :], labels[:, -self.size :]
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Writes keys (V, N, D) over the oldest ones, wrapping around (only the newest Q if
+        N > Q). A key with a NaN or inf keeps the slot's old key."""
+        keys = keys[:, -self.size :]
         n = keys.shape[1]
         slots = torch.arange(self.ptr, self.ptr + n, device=keys.device) % self.size
         new = keys.detach().transpose(1, 2).to(self.keys.dtype)  # (V, D, N)
         finite = torch.isfinite(new).all(dim=1)  # (V, N)
         old = self.keys.index_select(2, slots)
         self.keys.index_copy_(2, slots, torch.where(finite.unsqueeze(1), new, old))
-        old_labels = self.labels.index_select(1, slots)
-        self.labels.index_copy_(1, slots, torch.where(finite, labels, old_labels))
         self.real.index_copy_(1, slots, self.real.index_select(1, slots) | finite)
         self.ptr = (self.ptr + n) % self.size
         self.num_filled = min(self.num_filled + n, self.size)
@@ -113,21 +104,6 @@ class KeyQueue(nn.Module):
         n = min(count, self.num_filled)
         slots = torch.arange(self.ptr - n, self.ptr, device=self.keys.device) % self.size
         return self.keys.index_select(2, slots).permute(0, 2, 1).reshape(-1, self.keys.shape[1])
-
-    @torch.no_grad()
-    def forget(self, clusters: torch.Tensor) -> None:
-        """Unlabels (-1) the keys of the clusters where ``clusters`` (K,) is True, e.g. revived
-        ones, whose old members are no longer theirs; on the device, no sync."""
-        labelled = self.labels >= 0
-        hit = clusters.index_select(0, self.labels.clamp_min(0).view(-1)).view_as(self.labels)
-        self.labels.masked_fill_(labelled & hit, -1)
-
-    @torch.no_grad()
-    def relabel(self, bank: CentroidBank) -> None:
-        """Re-assigns every real key to the bank's current clusters (after a clustering)."""
-        filled = self.filled()
-        if filled.shape[0]:
-            self.labels[self.real] = bank.assign(filled)
 
 
 class ForeachMomentumUpdater(MomentumUpdater):
@@ -185,11 +161,8 @@ class CueCo(BaseMomentumMethod):
             recluster_init=mk.recluster_init,
             dead_cluster_steps=mk.dead_cluster_steps,
             lloyd_iters=mk.lloyd_iters,
-            mean_temperature=mk.centroid_temperature,
             seed=seed,
         )
-        # HCSC's random draws, reproducible on resume (only when on: other checkpoints unchanged)
-        self.negative_sampler = NegativeSampler(seed) if mk.negative_mask == "hcsc" else None
         # CLD's normalised head for the per-batch k-means loss (the ablation; only when on, so
         # that no unused parameter meets DDP and checkpoints without it are unchanged)
         self.cld_head = nn.Linear(self.features_dim, mk.cld_dim) if mk.lambda_cld > 0 else None
@@ -275,11 +248,11 @@ class CueCo(BaseMomentumMethod):
             )
 
     def _cluster(self, gathered: torch.Tensor) -> None:
-        """(Re-)clusters the bank from the gathered keys (N, D) and the queue's real keys, then
-        relabels the queue; defers (with one message) while fewer than K real keys exist."""
+        """(Re-)clusters the bank from the gathered keys (N, D) and the queue's real keys;
+        defers (with one message) while fewer than K real keys exist."""
         if self.bank.cluster(torch.cat([gathered, self.queue.filled().float()])):
-            self.queue.relabel(self.bank)
-        elif not self._deferred_seed_reported:
+            return
+        if not self._deferred_seed_reported:
             self._deferred_seed_reported = True
             rank_zero_warn(
                 f"CueCo: seeding of the {self.bank.num_clusters} centroids deferred at step "
@@ -301,51 +274,21 @@ class CueCo(BaseMomentumMethod):
         soft = sinkhorn(scores, self.mk.sinkhorn_epsilon, self.mk.sinkhorn_iters)
         return soft[: keys.shape[0]].view(*gathered.shape[:2], soft.shape[1])
 
-    def _targets(
-        self, q: torch.Tensor, codes: torch.Tensor | None, assign: torch.Tensor, local: slice
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """L2's targets (2B,) or (2B, K) and the hard clusters (2B,) the queries (2B, D) are
-        pulled to, from the gathered keys' clusters (2, N) and balanced codes (2, N, K);
-        ``local`` selects this rank's rows."""
+    def _targets(self, q: torch.Tensor, assign: torch.Tensor, local: slice) -> torch.Tensor:
+        """The clusters (2B,) the queries (2B, D) are pulled to, from the gathered keys'
+        clusters (2, N); ``local`` selects this rank's rows."""
         if self.mk.assignment_source == "query":
-            hard = self.bank.assign(q.detach())
-        else:
-            hard = swap_views(assign[:, local].reshape(-1))
-        if self.mk.targets == "hard":
-            return hard, hard
-        soft = codes[:, local]
-        return swap_views(soft.reshape(-1, soft.shape[-1])), hard
+            return self.bank.assign(q.detach())
+        return swap_views(assign[:, local].reshape(-1))
 
-    def _nce_loss(self, q: torch.Tensor, k: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
-        """Symmetric L1 of queries (2B, D) and keys (2B, D), with the queue keys of each query's
-        target cluster ``hard`` (2B,) left out (``negative_mask: hard``) or sampled out
-        (``hcsc``) while the cluster losses are on: :func:`negative_mask` builds each view's
-        (Q, B) mask, :func:`infonce_loss` computes the masked loss fused (fewer (B, Q) passes
-        than solo-learn's loss, which runs when nothing is masked). HCSC draws from the
-        checkpointed ``negative_sampler`` (``cueco_plugin.sampling``), so a resumed run draws
-        what an uninterrupted one would."""
+    def _nce_loss(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Symmetric L1 of queries (2B, D) and keys (2B, D): solo-learn's
+        ``mocov2plus_loss_func`` on each view against the other view's key queue."""
         (q1, q2), (k1, k2) = q.chunk(2), k.chunk(2)
         tau = self.mk.temperature
-        if self.mk.negative_mask == "none" or not self.bank.losses_active:
-            queue = self.queue.keys.clone().detach()  # saved for a backward after the enqueue
-            return (
-                mocov2plus_loss_func(q1, k2, queue[1], tau)
-                + mocov2plus_loss_func(q2, k1, queue[0], tau)
-            ) / 2
-        # the fused loss reads the queue in its forward only: no clone
-        queue, labels = self.queue.keys, self.queue.labels
-        mode, c = self.mk.negative_mask, self.bank.centroids
-        sampler = self.negative_sampler
-
-        def masked(query: torch.Tensor, key: torch.Tensor, t: torch.Tensor, view: int):
-            bits = None  # HCSC's (Q, B) draws, consumed by negative_mask
-            if sampler is not None:
-                bits = sampler.bits(labels.shape[1], len(query), q.device, self.global_rank)
-            mask = negative_mask(t, labels[view], c, mode, bits)  # (Q, B)
-            return infonce_loss(query, key, queue[view], tau, mask, overwrite_mask=True)
-
-        t1, t2 = hard.chunk(2)
-        return (masked(q1, k2, t1, 1) + masked(q2, k1, t2, 0)) / 2
+        queue = self.queue.keys.clone().detach()  # saved for a backward after the enqueue
+        loss = mocov2plus_loss_func(q1, k2, queue[1], tau)
+        return (loss + mocov2plus_loss_func(q2, k1, queue[0], tau)) / 2
 
     def loss_terms(
         self, q: torch.Tensor, k: torch.Tensor, gathered: torch.Tensor, local: slice
@@ -364,30 +307,28 @@ class CueCo(BaseMomentumMethod):
         if bank.wants_clustering:  # host-side schedule: no sync
             self._cluster(gathered.reshape(-1, gathered.shape[-1]).float())
         weight = bank.loss_weight
-        targets = hard = codes = None  # only needed while the cluster losses are on
         if bank.seeded:
             assign = bank.assign(gathered.reshape(-1, gathered.shape[-1])).view(2, -1)
-            codes = self._codes(gathered)  # the bank's balanced update (and L2's soft targets)
-            if weight > 0:
-                targets, hard = self._targets(q, codes, assign, local)
         else:
             assign = gathered.new_full(gathered.shape[:2], -1, dtype=torch.long)
 
-        nce_loss = self._nce_loss(q, k, hard)
+        nce_loss = self._nce_loss(q, k)
         if weight > 0:
-            concentration = mk.temperature_mode == "concentration"
-            temperature = bank.concentration if concentration else mk.centroid_temperature
-            centroid_loss = centroid_contrast_loss(q, bank.centroids, targets, temperature)
+            targets = self._targets(q, assign, local)
+            centroid_loss = centroid_contrast_loss(
+                q, bank.centroids, targets, mk.centroid_temperature
+            )
             variance_loss = variance_scaled_distance_loss(
-                q, bank.centroids, bank.variances, hard, mk.variance_scaling, mk.variance_eps
+                q, bank.centroids, bank.variances, targets, mk.variance_scaling, mk.variance_eps
             )
         else:
             centroid_loss = variance_loss = nce_loss.new_zeros(())
 
         if bank.seeded:  # the keys' balanced shares move the centroids; their clusters count
+            codes = self._codes(gathered)  # (2, N, K), the same on every rank
             shares = codes[:, local].reshape(-1, codes.shape[-1])
             bank.accumulate(k, assign[:, local].reshape(-1), shares)
-        self.queue.enqueue(gathered, assign)
+        self.queue.enqueue(gathered)
         return nce_loss, centroid_loss, variance_loss, weight, assign
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
@@ -514,9 +455,7 @@ class CueCo(BaseMomentumMethod):
         optimiser_stepped = self.trainer.global_step > self.last_step
         super().on_train_batch_end(outputs, batch, batch_idx)
         if optimiser_stepped:
-            revived = self.bank.step(skipped=self._skipped)
-            if revived is not None:  # their queue labels belonged to the clusters replaced
-                self.queue.forget(revived)
+            self.bank.step(skipped=self._skipped)
             self._skipped = None
 
     # ------------------------------------------------------------------ validation

@@ -1,6 +1,6 @@
 """The centroid bank: one momentum step by hand, the schedule (warm-up, freeze, ramp, re-clustering
 warm or k-means++), clustering and its deferral, non-finite keys, skipped optimiser steps,
-micro-batch accumulation, PCL's concentration, dead-cluster revival, cluster health, checkpoint
+micro-batch accumulation, dead-cluster revival, cluster health, checkpoint
 round trips and mixed precision.
 
 The constructor trusts its arguments (``cueco_plugin.config`` validates them; tests/test_config.py
@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,7 +25,7 @@ from cueco_plugin.bank import (
     nearest_centroid,
 )
 
-BUFFERS = ("centroids", "variances", "concentration", "usage", "last_active")
+BUFFERS = ("centroids", "variances", "usage", "last_active")
 EXTRA_STATE = ("num_updates", "num_clusterings", "last_cluster_update", "seed_update")
 C3 = [[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]
 
@@ -45,7 +44,6 @@ def bank_args(**kwargs: object) -> dict[str, object]:
         recluster_init="warm",
         dead_cluster_steps=0,
         lloyd_iters=10,
-        mean_temperature=0.1,
         seed=0,
     )
     args.update(kwargs)
@@ -115,7 +113,6 @@ def assert_unchanged(bank: CentroidBank, before: dict[str, object]) -> None:
 def test_one_step_matches_hand_computed_values() -> None:
     bank = make_bank()
     set_bank(bank, C3, [0.5, 1.0, 2.0])
-    concentration = bank.concentration.clone()
     x = torch.tensor([[0.6, 0.8], [0.8, 0.6], [0.0, 1.0]])
     a = bank.assign(x)
     # squared distances: x0 -> (0.8, 0.4, 3.2), x1 -> (0.4, 0.8, 3.6), x2 -> (2, 0, 2)
@@ -139,7 +136,6 @@ def test_one_step_matches_hand_computed_values() -> None:
     torch.testing.assert_close(bank.usage, torch.tensor([1 / 3, 1 / 2, 1 / 6]))
     assert bank.last_active.tolist() == [1, 1, 0]  # clustered at step 0, stepped once
     assert bank.num_updates == 1
-    assert torch.equal(bank.concentration, concentration)  # only clustering sets it
     assert health["live_clusters"].item() == 2.0
     usage = [1 / 3, 1 / 2, 1 / 6]
     entropy = -sum(p * math.log(p) for p in usage) / math.log(3)
@@ -506,7 +502,6 @@ def test_clustering_is_deterministic_under_the_bank_seed_and_not_the_global_rng(
     b = make_bank(seed=7, **args)
     b.cluster(x)
     assert torch.equal(a.centroids, b.centroids) and torch.equal(a.variances, b.variances)
-    assert torch.equal(a.concentration, b.concentration)
     other = make_bank(seed=8, **args)
     other.cluster(x)
     assert not torch.equal(a.centroids, other.centroids)
@@ -541,7 +536,7 @@ def test_clustering_drops_non_finite_rows() -> None:
     assert clean.cluster(x)
     assert dirty.cluster(torch.cat([x[:50], bad, x[50:]]))
     assert_banks_equal(dirty, clean)
-    assert torch.isfinite(dirty.centroids).all() and torch.isfinite(dirty.concentration).all()
+    assert torch.isfinite(dirty.centroids).all()
 
 
 def test_kmeans_plus_plus_picks_distinct_points_and_never_repeats_while_any_remain() -> None:
@@ -559,7 +554,7 @@ def test_lloyd_step_moves_centroids_to_normalised_cluster_means_and_keeps_empty_
     torch.testing.assert_close(lloyd_step(x, c), expected)
 
 
-def test_a_cluster_with_one_member_gets_the_overall_variance_and_largest_concentration() -> None:
+def test_a_cluster_with_one_member_gets_the_overall_variance() -> None:
     # two tight pairs and one lone point: the lone point's cluster has no spread of its own
     x = torch.tensor([[1.0, 0.0], [0.995, 0.0998], [0.0, 1.0], [0.0998, 0.995], [-1.0, 0.0]])
     bank = make_bank(lloyd_iters=5, min_variance=0.0)
@@ -570,42 +565,6 @@ def test_a_cluster_with_one_member_gets_the_overall_variance_and_largest_concent
     # the lone cluster's variance is the mean squared distance over all five points
     overall = bank.variances[others].sum() * 2 / 5
     torch.testing.assert_close(bank.variances[lone], overall)
-    # PCL: a lone cluster gets the largest phi (then clipped like every phi)
-    assert bank.concentration[lone] == bank.concentration.max()
-
-
-def pcl_concentration(x: torch.Tensor, centroids: torch.Tensor, mean_t: float) -> np.ndarray:
-    """PCL's phi_j = sum ||x - c_j|| / (n_j log(n_j + 10)), clipped to its 10th-90th
-    percentiles and rescaled to mean ``mean_t``, in float64 (every cluster here has members)."""
-    x64, c64 = x.double().numpy(), centroids.double().numpy()
-    a = ((x64[:, None, :] - c64[None]) ** 2).sum(-1).argmin(1)
-    dist = np.linalg.norm(x64 - c64[a], axis=1)
-    n = np.bincount(a, minlength=len(c64)).astype(float)
-    phi = np.bincount(a, weights=dist, minlength=len(c64)) / n / np.log(n + 10)
-    phi = np.clip(phi, *np.quantile(phi, [0.1, 0.9]))
-    return mean_t * phi / phi.mean()
-
-
-def test_concentration_is_pcls_phi_smaller_for_tighter_clusters_with_the_given_mean() -> None:
-    d, spreads = 16, [0.02, 0.05, 0.1, 0.2, 0.4]
-    centres = torch.eye(5, d)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.cat(
-        [
-            F.normalize(centres[j] + s * torch.randn(80, d, generator=gen), dim=1)
-            for j, s in enumerate(spreads)
-        ]
-    )
-    bank = make_bank(num_clusters=5, dim=d, mean_temperature=0.2)
-    assert bank.cluster(x)
-    own = (centres @ bank.centroids.T).argmax(dim=1)  # the bank's cluster of each blob
-    assert sorted(own.tolist()) == list(range(5))
-    phi = bank.concentration[own]
-    assert (phi[1:] > phi[:-1]).all(), phi  # ordered like the spreads
-    assert bank.concentration.mean().item() == pytest.approx(0.2, rel=1e-5)
-    np.testing.assert_allclose(
-        bank.concentration.numpy(), pcl_concentration(x, bank.centroids, 0.2), rtol=1e-4
-    )
 
 
 # ---------------------------------------------------------------- dead clusters
@@ -617,20 +576,16 @@ def test_dead_cluster_is_revived_after_dead_cluster_steps_next_to_a_populous_don
     # put clusters 0 and 1 on the data, and 2..4 far away where nothing is assigned
     far = -F.normalize(torch.ones(3, d) + torch.eye(3, d), dim=1)
     bank.centroids.copy_(torch.cat([centres[:2], far]))
-    bank.concentration.copy_(torch.tensor([0.05, 0.15, 0.3, 0.3, 0.3]))
     for step in range(1, 4):
         before = bank.centroids.clone()
         x = blobs(60, d, centres[:2], 0.05, seed=step, weights=[3.0, 1.0])
         a = bank.assign(x)
         bank.accumulate(x, a)
         counts = torch.bincount(a, minlength=5).float()
-        revived_mask = bank.step()
+        bank.step()
         assert counts[2:].tolist() == [0.0, 0.0, 0.0] and counts[0] > counts[1] > 0
         if step < 3:  # not yet dead for 3 steps
             assert torch.equal(bank.centroids[2:], before[2:])
-            assert not revived_mask.any()
-    # step() names the clusters it replaced
-    assert revived_mask.tolist() == [False, False, True, True, True]
     # after the third empty step: revived as unit vectors near a live donor;
     # dead clusters 2, 3, 4 take donors 0 (most members), 1, then 0 again
     revived = bank.centroids[2:]
@@ -640,7 +595,6 @@ def test_dead_cluster_is_revived_after_dead_cluster_steps_next_to_a_populous_don
     assert not torch.equal(revived[0], revived[2])  # independent perturbations
     assert not torch.equal(revived[0], bank.centroids[0])
     torch.testing.assert_close(bank.variances[2:], bank.variances[[0, 1, 0]])
-    assert bank.concentration[2:].tolist() == pytest.approx([0.05, 0.15, 0.05])
     assert bank.last_active[2:].tolist() == [3, 3, 3]
     # revived clusters have no member yet: they do not count as live
     assert (bank.last_active == 3).all()

@@ -28,13 +28,12 @@ BANK_ARGS = dict(
     recluster_interval=6,
     dead_cluster_steps=2,
     lloyd_iters=3,
-    mean_temperature=0.1,
     seed=5,
 )
 STEPS = 10
 SKIPPED_STEP = 4  # the optimiser skips this step (e.g. fp16 inf gradients) on every rank
 BATCH = 64  # global; 32 per rank
-BUFFERS = ("centroids", "variances", "concentration", "usage", "last_active")
+BUFFERS = ("centroids", "variances", "usage", "last_active")
 
 
 def features(seed: int, n: int, blobs: int) -> torch.Tensor:
@@ -123,7 +122,7 @@ def test_two_gloo_ranks_with_half_batches_match_one_process_with_the_whole_batch
         for got, other in zip(ranks[0][key], ranks[1][key]):
             assert torch.equal(got, other), key
     # ... equal to the single process up to float summation order
-    for name in ("centroids", "variances", "concentration", "usage"):
+    for name in ("centroids", "variances", "usage"):
         torch.testing.assert_close(ranks[0]["state"][name], ref_state[name], rtol=0, atol=1e-6)
     assert torch.equal(ranks[0]["state"]["last_active"], ref_state["last_active"])
     assert ranks[0]["state"]["_extra_state"] == ref_state["_extra_state"]

@@ -27,12 +27,6 @@ def test_a_queue_of_any_positive_size_is_accepted_whatever_the_batch() -> None:
     assert add_and_validate_method_kwargs(cfg).method_kwargs.queue_size == 5
 
 
-def test_sinkhorn_targets_need_key_assignments() -> None:
-    cfg = OmegaConf.create({"method_kwargs": {"targets": "sinkhorn", "assignment_source": "query"}})
-    with pytest.raises(ValueError, match="targets='sinkhorn' .* assignment_source='key'"):
-        add_and_validate_method_kwargs(cfg)
-
-
 def test_freeze_window_must_be_shorter_than_the_reclustering_interval() -> None:
     cfg = OmegaConf.create({"method_kwargs": {"freeze_iters": 10, "recluster_interval": 10}})
     with pytest.raises(ValueError, match="freeze_iters must be smaller than"):

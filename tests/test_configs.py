@@ -270,10 +270,6 @@ BAD_CONFIGS = [
         "method_kwargs.warmup_iters must be an integer >= 0 (0 disables it), got -1",
     ),
     (
-        ["method_kwargs.negative_mask=soft"],
-        "method_kwargs.negative_mask must be one of ['none', 'hard', 'hcsc'], got 'soft'",
-    ),
-    (
         ["method_kwargs.variance_scaling=sqrt"],
         "method_kwargs.variance_scaling must be one of ['divide', 'multiply', 'none'], "
         "got 'sqrt'",
