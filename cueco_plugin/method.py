@@ -20,10 +20,12 @@ One training step, for the two large crops v1, v2 of a batch of B images per ran
    accumulation is respected) the bank takes one momentum step, all-reducing the accumulated
    statistics, unless the optimiser skipped the step.
 
-Total: ``lambda_nce L1 + w (lambda_centroid L2 + lambda_variance L3)`` plus solo-learn's online
-classifier loss on detached features; with ``lambda_cld > 0`` (an ablation of what the bank adds)
-also ``lambda_cld`` times CLD's cross-view loss against per-batch k-means centroids, on a head
-of its own.
+Total: ``lambda_nce L1 + w (lambda_centroid L2 + lambda_variance L3) + lambda_cld L_cld`` plus
+solo-learn's online classifier loss on detached features. ``L_cld`` is CLD's cross-view loss with
+one group per image, on a head of its own (each rank's batch). The defaults are the CPU screen's
+winner (docs/results.md): L1 + 0.8 L_cld, the bank's losses weighted 0 (the bank still runs:
+its health and cluster metrics are logged); the paper's reading is ``lambda_centroid: 1,
+lambda_variance: 0.1, lambda_cld: 0``.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from cueco_plugin.bank import CentroidBank
 from cueco_plugin.config import add_and_validate_method_kwargs
 from cueco_plugin.losses import (
     centroid_contrast_loss,
-    cross_view_cluster_loss,
+    cross_view_batch_loss,
     sinkhorn,
     variance_scaled_distance_loss,
 )
@@ -163,8 +165,8 @@ class CueCo(BaseMomentumMethod):
             lloyd_iters=mk.lloyd_iters,
             seed=seed,
         )
-        # CLD's normalised head for the per-batch k-means loss (the ablation; only when on, so
-        # that no unused parameter meets DDP and checkpoints without it are unchanged)
+        # CLD's head (normalised in _cld_loss); only when on, so that no unused parameter meets
+        # DDP and checkpoints without it are unchanged
         self.cld_head = nn.Linear(self.features_dim, mk.cld_dim) if mk.lambda_cld > 0 else None
         # the queue and the bank are replicated by construction (built from all-gathered keys
         # and all-reduced statistics, clusterings broadcast): DDP need not broadcast them from
@@ -364,10 +366,9 @@ class CueCo(BaseMomentumMethod):
 
     def _cld_loss(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         """CLD's cross-view loss of this rank's two views (backbone features (B, F) each),
-        projected by ``cld_head`` and L2-normalised, against per-batch k-means centroids."""
+        projected by ``cld_head`` and L2-normalised, one group per image."""
         v1, v2 = (F.normalize(self.cld_head(f), dim=-1) for f in feats[:2])
-        mk = self.mk
-        return cross_view_cluster_loss(v1, v2, mk.cld_clusters, mk.cld_iters, mk.cld_temperature)
+        return cross_view_batch_loss(v1, v2, self.mk.cld_temperature)
 
     def _is_logging_step(self) -> bool:
         """Whether Lightning writes this step's values to its loggers (every

@@ -52,6 +52,7 @@ def make_cfg(dataset_root: Path, **method_kwargs: Any) -> Any:
         "recluster_interval": 6,
         "dead_cluster_steps": 4,
         "lloyd_iters": 3,
+        "cld_dim": 16,
     }
     kwargs.update(method_kwargs)
     cfg = OmegaConf.create(
@@ -528,7 +529,7 @@ def test_bad_method_kwargs_raise_value_error_naming_key_value_and_allowed(
 
 
 def test_all_zero_lambdas_are_rejected(tmp_path: Path, cueco_cls: Any) -> None:
-    cfg = make_cfg(tmp_path, lambda_nce=0.0, lambda_centroid=0, lambda_variance=0.0)
+    cfg = make_cfg(tmp_path, lambda_nce=0.0, lambda_centroid=0, lambda_variance=0.0, lambda_cld=0.0)
     with pytest.raises(ValueError, match="must not all be 0"):
         cueco_cls.add_and_assert_specific_cfg(cfg)
 
@@ -544,6 +545,9 @@ def test_defaults_fill_every_cueco_key(tmp_path: Path, cueco_cls: Any) -> None:
     assert set(cfg.method_kwargs) == set(CUECO_DEFAULTS)
     assert cfg.method_kwargs.temperature == 0.2
     assert cfg.method_kwargs.assignment_source == "key"
+    # the CPU screen's winner (docs/results.md): L1 + CLD, the bank's losses weighted 0
+    mk = cfg.method_kwargs
+    assert (mk.lambda_nce, mk.lambda_centroid, mk.lambda_variance, mk.lambda_cld) == (1, 0, 0, 0.8)
     assert cfg.momentum.base_tau == 0.99
 
 

@@ -11,7 +11,6 @@
 # the study writes what it has), and copies results.{csv,md}, knn_per_epoch.png, metadata.json
 # and study.log to $OUT: about 8.7 minutes in all. Then, here: copy them into
 # benchmarks/results/gpu_study/. `study.sh confirm control|best [ARM]`: see confirm.sh.
-# `study.sh cld` (instead of `run`, same carry): the CLD ablation, benchmarks/studies/cld_study.yaml.
 # The python part runs on a CPU at a tiny budget as docs/benchmarks.md shows.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -29,11 +28,6 @@ case "$mode" in
         name=gpu_study
         args=(--budget-minutes "${BUDGET_MIN:-7.6}")
         ;;
-    cld)  # issue 11 (d), when no bank arm of gpu_study won: 3 arms + the seed-6 pair (est. 5 min)
-        name=cld_study
-        arms=benchmarks/studies/cld_study.yaml
-        args=(--budget-minutes "${BUDGET_MIN:-7.6}")
-        ;;
     confirm)
         name=gpu_confirm_study
         files+=(cifar10_train_3 cifar10_train_4)
@@ -47,7 +41,7 @@ case "$mode" in
         [ -n "$arm" ] || { echo "usage: study.sh confirm control | best [ARM]"; exit 2; }
         args=(--profile gpu-confirm --name "$name" --only "$arm" --rerun-seed 0)
         ;;
-    *) echo "usage: study.sh stage | run | cld | confirm control|best [ARM]"; exit 2 ;;
+    *) echo "usage: study.sh stage | run | confirm control|best [ARM]"; exit 2 ;;
 esac
 
 SITE=/tmp/site
