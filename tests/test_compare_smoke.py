@@ -151,8 +151,8 @@ def test_study_trains_both_arms_on_both_seeds_and_writes_table_csv_plot_then_res
     assert [(r["arm"], r["seed"], r["knn_top1"]) for r in _rows(tmp_path)] == [
         (r["arm"], r["seed"], r["knn_top1"]) for r in rows
     ]
-    # an invocation stopped (Ctrl-C) at its first new run keeps the finished runs it would have
-    # reused later (seed 6 here) in what it writes
+    # an invocation of paired seeds stopped (Ctrl-C) at its first new run keeps the finished
+    # runs it would have reused later (seed 6 here) in what it writes
     meta_path = out / "metadata.json"
     meta = json.loads(meta_path.read_text())
     meta["runs"] = [r for r in meta["runs"] if (r["arm"], r["seed"]) != ("cueco-soft", 5)]
@@ -162,7 +162,7 @@ def test_study_trains_both_arms_on_both_seeds_and_writes_table_csv_plot_then_res
         raise KeyboardInterrupt
 
     monkeypatch.setattr(study, "train_and_score", stopped)
-    study.main(argv)
+    study.main([*argv, "--seeds", "5", "6"])
     assert [(r["arm"], r["seed"]) for r in _rows(tmp_path)] == [
         (r["arm"], r["seed"]) for r in rows if (r["arm"], r["seed"]) != ("cueco-soft", "5")
     ]
