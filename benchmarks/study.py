@@ -518,6 +518,15 @@ def main(argv: list[str] | None = None) -> int:
             earlier.append(r)
             if arm != UNTRAINED:
                 arms_listed[arm] = spec["arms"][arm]
+    # finished runs this invocation will reuse: kept in every save until their turn comes, so a
+    # run interrupted before then loses none of them
+    reusable = []
+    for s in seeds:
+        for arm in [UNTRAINED, *arms]:
+            tag = (n_train, n_test) if arm != UNTRAINED else (n_train, n_test, UNTRAINED, default_k)
+            fp = fingerprint(cfgs[arm] if arm != UNTRAINED and s == seed else config(arm, s), tag)
+            if fp in previous:
+                reusable.append({**previous[fp], "arm": arm})
     meta = {
         "name": name,
         "arms_file": str(args.arms),
@@ -591,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
         meta["machine"]["load_average_end"] = load_average()
         meta["best_arm"] = best_cueco_arm(records, seed)
         used = {r.get("fingerprint") for r in records}
-        write_results(out, meta, records + [r for r in earlier if r["fingerprint"] not in used])
+        kept = [r for r in earlier + reusable if r["fingerprint"] not in used]
+        write_results(out, meta, records + kept)
 
     try:
         for s in seeds:

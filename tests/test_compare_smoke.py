@@ -10,6 +10,7 @@ import json
 import math
 import statistics
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -78,7 +79,7 @@ def _rows(tmp_path: Path, name: str = "smoke_study") -> list[dict[str, str]]:
 @pytest.mark.solo
 @pytest.mark.slow
 def test_study_trains_both_arms_on_both_seeds_and_writes_table_csv_plot_then_resumes(
-    tmp_path: Path, shared_datasets: Path, one_thread: None
+    tmp_path: Path, shared_datasets: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     study = _study()
     argv = _argv(tmp_path, shared_datasets / "cifar10")
@@ -149,6 +150,21 @@ def test_study_trains_both_arms_on_both_seeds_and_writes_table_csv_plot_then_res
     assert [p.stat().st_mtime_ns for p in logs] == stamps
     assert [(r["arm"], r["seed"], r["knn_top1"]) for r in _rows(tmp_path)] == [
         (r["arm"], r["seed"], r["knn_top1"]) for r in rows
+    ]
+    # an invocation of paired seeds stopped (Ctrl-C) at its first new run keeps the finished
+    # runs it would have reused later (seed 6 here) in what it writes
+    meta_path = out / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["runs"] = [r for r in meta["runs"] if (r["arm"], r["seed"]) != ("cueco-soft", 5)]
+    meta_path.write_text(json.dumps(meta))
+
+    def stopped(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study, "train_and_score", stopped)
+    study.main([*argv, "--seeds", "5", "6"])
+    assert [(r["arm"], r["seed"]) for r in _rows(tmp_path)] == [
+        (r["arm"], r["seed"]) for r in rows if (r["arm"], r["seed"]) != ("cueco-soft", "5")
     ]
 
 
