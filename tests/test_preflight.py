@@ -91,6 +91,7 @@ def test_a_dataset_smaller_than_one_batch_per_process_is_refused(
 def test_cluster_losses_that_can_never_switch_on_are_announced(data: list[str], capsys) -> None:
     """The reported fault: freeze_iters longer than the run gave no warning."""
     overrides = [*data, "limit_train_batches=3", "method_kwargs.freeze_iters=5"]
+    overrides.append("method_kwargs.lambda_centroid=1.0")  # the paper's L2 (off by default)
     status, err = _preflight(overrides, capsys)
     assert status == 0
     assert "the cluster losses can never switch on: the run has 3 optimiser steps" in err

@@ -60,12 +60,12 @@ def test_only_settings_that_do_not_shape_model_or_schedule_may_differ() -> None:
 
 def test_a_cueco_option_absent_from_an_older_run_counts_as_its_default() -> None:
     saved = {"method": "cueco", "method_kwargs": {"num_clusters": 10}}
-    current = {"method": "cueco", "method_kwargs": {"num_clusters": 10, "lambda_cld": 0.0}}
+    current = {"method": "cueco", "method_kwargs": {"num_clusters": 10, "lambda_cld": 0.8}}
     assert config_differences(saved, current) == []
     current["method_kwargs"].update(compile_backbones=True, compile_mode="max-autotune")
     assert config_differences(saved, current) == []  # speed only
-    current["method_kwargs"]["lambda_cld"] = 0.8
-    assert config_differences(saved, current) == ["method_kwargs.lambda_cld: 0.0 -> 0.8"]
+    current["method_kwargs"]["lambda_cld"] = 0.0
+    assert config_differences(saved, current) == ["method_kwargs.lambda_cld: 0.8 -> 0.0"]
 
 
 @pytest.fixture(scope="module")
