@@ -315,14 +315,17 @@ class CueCo(BaseMomentumMethod):
             assign = gathered.new_full(gathered.shape[:2], -1, dtype=torch.long)
 
         nce_loss = self._nce_loss(q, k)
-        if weight > 0:
+        if weight > 0:  # a loss weighted 0 is computed for its log only, without a graph
             targets = self._targets(q, assign, local)
-            centroid_loss = centroid_contrast_loss(
-                q, bank.centroids, targets, mk.centroid_temperature
-            )
-            variance_loss = variance_scaled_distance_loss(
-                q, bank.centroids, bank.variances, targets, mk.variance_scaling, mk.variance_eps
-            )
+            grad = torch.is_grad_enabled()
+            with torch.set_grad_enabled(grad and mk.lambda_centroid > 0):
+                centroid_loss = centroid_contrast_loss(
+                    q, bank.centroids, targets, mk.centroid_temperature
+                )
+            with torch.set_grad_enabled(grad and mk.lambda_variance > 0):
+                variance_loss = variance_scaled_distance_loss(
+                    q, bank.centroids, bank.variances, targets, mk.variance_scaling, mk.variance_eps
+                )
         else:
             centroid_loss = variance_loss = nce_loss.new_zeros(())
 
@@ -354,12 +357,16 @@ class CueCo(BaseMomentumMethod):
         nce_loss, centroid_loss, variance_loss, weight, assign = self.loss_terms(
             q, k, gathered, local
         )
-        loss = self.mk.lambda_nce * nce_loss + weight * (
-            self.mk.lambda_centroid * centroid_loss + self.mk.lambda_variance * variance_loss
-        )
+        mk = self.mk
+        # a term weighted 0 stays out of the sum (0 x inf would be NaN)
+        terms = ((mk.lambda_centroid, centroid_loss), (mk.lambda_variance, variance_loss))
+        cluster = [lam * term for lam, term in terms if lam > 0]
+        loss = mk.lambda_nce * nce_loss
+        if cluster:
+            loss = loss + weight * sum(cluster[1:], cluster[0])
         if self.cld_head is not None:
             cld_loss = self._cld_loss(out["feats"])
-            loss = loss + self.mk.lambda_cld * cld_loss
+            loss = loss + mk.lambda_cld * cld_loss
             self.log("train_cld_loss", cld_loss, on_step=True, on_epoch=False)
         self._log_training(nce_loss, centroid_loss, variance_loss, weight, gathered, assign)
         return loss + out["loss"]
